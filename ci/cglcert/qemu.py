@@ -1,0 +1,388 @@
+"""QEMU target: boot a cached Debian kernel and run one command from the host root.
+
+:func:`run_in_guest` boots ``qemu-system-x86_64`` (TCG by default: nested KVM
+hangs on the development machines) with the kernel's vmlinuz and the initramfs
+of :mod:`cglcert.initramfs`, shares the host root read-only over 9p plus a
+writable results directory, runs the command chrooted into the host root,
+and returns a :class:`GuestResult`: exit code, command output, kernel log
+(``dmesg`` copied to the results share after the command; the serial console
+as fallback), taint before/after, findings of :mod:`cglcert.kmsg`, timings.
+
+One boot per call: batch a whole suite into one command to keep the TCG boot
+cost (about 5 s guest, 8-10 s wall on the development machines) paid once.
+
+Failure handling (never hangs CI):
+
+* the command runs under a watchdog inside the guest (``timeout`` seconds);
+  when it fires the command's whole session is killed, dmesg is still
+  collected and ``error="timeout"``;
+* QEMU is killed by the host if the guest does not reach the command within
+  ``boot_timeout`` (``error="boot"``), or does not finish within ``timeout``
+  plus a grace period (``error="timeout"``, kernel log from the serial console);
+* ``panic=-1`` plus ``-no-reboot`` make a kernel panic end QEMU at once
+  (``error="panic"``).  Oopses are left non-fatal and reported as findings.
+
+Inside the guest: the command runs as root with cwd = the caller's cwd (``/``
+when that path is hidden, e.g. under /tmp), ``/tmp`` and ``/run`` are fresh
+tmpfs, the host root is read-only except for the results directory (same
+path as on the host), and ``/lib/modules/<release>`` is the fetched kernel's
+module tree.  Environment: ``CGLCERT_GUEST=1``, ``CGLCERT_RESULTS``,
+``CGLCERT_KERNEL``, ``CGLCERT_MODULES_DIR`` plus the caller's ``env``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence, TextIO
+
+from . import hostdeps, initramfs, kernels, kmsg
+
+__all__ = ["GuestResult", "run_in_guest", "qemu_command", "DEFAULT_APPEND", "ERROR_KINDS"]
+
+#: Kernel command line.  loglevel=5 puts warnings (level 4) and worse on the
+#: serial console (the fallback log when dmesg cannot be copied); devkmsg=on
+#: stops rate-limiting of the runner's /dev/kmsg markers; a 4 MiB log buffer
+#: keeps a whole suite's log.
+DEFAULT_APPEND = "console=ttyS0 panic=-1 loglevel=5 printk.devkmsg=on log_buf_len=4M"
+
+#: Values of GuestResult.error.  All but "panic" are infrastructure errors
+#: (ERROR in the results vocabulary); a panic is a kernel FAIL.
+ERROR_KINDS = ("boot", "init", "module", "timeout", "panic", "qemu", "no-result")
+
+_MARK_RE = re.compile(r"<<<cglcert:(?P<what>[a-z-]+)(?: (?P<arg>[^>]*))?>>>")
+_PANIC_RE = re.compile(r"Kernel panic - not syncing")
+_KLINE_RE = re.compile(r"^\[\s*\d+\.\d+\] ")
+_CTRL = "/.cglcert"
+
+
+@dataclass
+class GuestResult:
+    """What came back from one guest run."""
+
+    release: str
+    command: list[str] | str
+    exit_code: int | None          #: the command's exit status; None if it did not finish
+    error: str | None              #: None or one of ERROR_KINDS
+    detail: str                    #: what went wrong, for humans ("" when error is None)
+    results_dir: Path              #: the writable share (guest control files in .cglcert/)
+    serial_log: Path
+    kernel_log: str                #: dmesg after the command, else the serial console
+    kernel_log_source: str         #: "dmesg" or "serial"
+    output: str                    #: the command's console output (kernel lines removed)
+    tainted_before: int | None
+    tainted: int | None
+    duration: float                #: wall seconds, QEMU start to exit
+    boot_seconds: float | None     #: wall seconds, QEMU start to command start
+    guest_uptime: float | None     #: guest uptime when the command ended
+    report: kmsg.Report = field(repr=False, default_factory=lambda: kmsg.Report((), None))
+    qemu_cmdline: list[str] = field(repr=False, default_factory=list)
+
+    @property
+    def findings(self) -> tuple[kmsg.Finding, ...]:
+        return self.report.findings
+
+    @property
+    def infra_error(self) -> bool:
+        """True when the run broke for a reason other than the kernel (ERROR, not FAIL)."""
+        return self.error is not None and self.error != "panic"
+
+    @property
+    def ok(self) -> bool:
+        """Command exited 0, no splat, no unacceptable taint, no error."""
+        return self.error is None and self.exit_code == 0 and self.report.ok
+
+    def to_dict(self) -> dict:
+        return {
+            "release": self.release, "command": self.command, "exit_code": self.exit_code,
+            "error": self.error, "detail": self.detail, "results_dir": str(self.results_dir),
+            "serial_log": str(self.serial_log), "kernel_log_source": self.kernel_log_source,
+            "tainted_before": self.tainted_before, "tainted": self.tainted,
+            "duration": round(self.duration, 3),
+            "boot_seconds": None if self.boot_seconds is None else round(self.boot_seconds, 3),
+            "guest_uptime": self.guest_uptime, "health": self.report.to_dict(),
+        }
+
+
+# --------------------------------------------------------------------------- command line
+
+def qemu_command(kernel: kernels.Kernel, initrd: Path, results_dir: Path, serial_log: Path, *,
+                 smp: int = 2, mem: str = "2G", accel: str = "tcg", append: str = "",
+                 qemu: str = "qemu-system-x86_64") -> list[str]:
+    """The QEMU argv for one run."""
+    cpu = "host" if accel == "kvm" else "max"
+    cmdline = DEFAULT_APPEND + (" " + append if append else "")
+    return [
+        qemu, "-accel", accel, "-cpu", cpu, "-m", str(mem), "-smp", str(smp),
+        "-nographic", "-nodefaults", "-no-user-config", "-no-reboot",
+        "-serial", f"file:{serial_log}", "-monitor", "none",
+        "-kernel", str(kernel.vmlinuz), "-initrd", str(initrd), "-append", cmdline,
+        "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
+        "-virtfs", f"local,path={results_dir},mount_tag=results,security_model=none,multidevs=remap",
+    ]
+
+
+# --------------------------------------------------------------------------- guest control files
+
+def _q(s: str | Path) -> str:
+    return shlex.quote(str(s))
+
+
+def _write_control(ctrl: Path, *, kernel: kernels.Kernel, results_dir: Path,
+                   command: Sequence[str] | str, env: Mapping[str, str] | None,
+                   cwd: str, timeout: float, modules: list[tuple[str, list[str]]]) -> None:
+    libmod = os.path.realpath("/lib/modules")
+    has_libmod = os.path.isdir(libmod)
+    guest_moddir = f"/lib/modules/{kernel.release}" if has_libmod else str(kernel.modules_dir)
+    run_env = {
+        "CGL_RESULTS": str(results_dir),
+        "CGL_MODDIR": str(kernel.modules_dir.resolve()),
+        "CGL_LIBMODULES": libmod if has_libmod else "",
+        "CGL_TIMEOUT": str(max(0, int(round(timeout)))),
+    }
+    (ctrl / "run.env").write_text("".join(f"{k}={_q(v)}\n" for k, v in run_env.items()))
+    (ctrl / "modules.sh").write_text(
+        "".join("load_module " + " ".join(_q(x) for x in [path, *params]) + "\n"
+                for path, params in modules))
+    host_path = os.environ.get("PATH", "/usr/bin:/bin")
+    full_env = {
+        "PATH": ":".join(dict.fromkeys(host_path.split(":") + ["/usr/local/sbin", "/usr/sbin", "/sbin",
+                                                                "/usr/local/bin", "/usr/bin", "/bin"])),
+        "HOME": os.environ.get("HOME", "/root"),
+        "LANG": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "CGLCERT_GUEST": "1",
+        "CGLCERT_RESULTS": str(results_dir),
+        "CGLCERT_KERNEL": kernel.release,
+        "CGLCERT_MODULES_DIR": guest_moddir,
+    }
+    full_env.update(env or {})
+    lines = ["# cglcert guest command (generated by ci/cglcert/qemu.py)"]
+    lines += [f"export {k}={_q(v)}" for k, v in full_env.items() if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k)]
+    lines.append(f"cd {_q(cwd)} 2>/dev/null || cd /")
+    if isinstance(command, str):
+        lines.append(command)
+    else:
+        lines.append("exec " + " ".join(_q(a) for a in command))
+    (ctrl / "cmd.sh").write_text("\n".join(lines) + "\n")
+
+
+def _resolve_modules(kernel: kernels.Kernel, extra: Iterable[str | Path], ctrl: Path) -> list[tuple[str, list[str]]]:
+    """Turn ``extra_modules`` items into (host path, params) in load order.
+
+    An item is a path to a ``.ko`` (absolute or relative to cwd) or the name of a
+    module of the kernel's tree (its dependencies are loaded first), optionally
+    followed by parameters: ``"aem.ko fault_inject=1"``, ``"configfs"``.
+    """
+    out: list[tuple[str, list[str]]] = []
+    for item in extra:
+        parts = shlex.split(str(item)) if isinstance(item, str) else [str(item)]
+        if not parts:
+            continue
+        target, params = parts[0], parts[1:]
+        if "/" in target or target.endswith(kernels._KO_SUFFIXES):
+            paths = [Path(target).resolve()]
+            if not paths[0].is_file():
+                raise kernels.KernelError(f"extra module {target}: no such file")
+        else:
+            paths = kernels.module_load_order(kernel.modules_dir, [target])
+            if not paths:
+                raise kernels.KernelError(
+                    f"extra module {target}: not a module of {kernel.release} (built in, or misspelt?)")
+        for i, p in enumerate(paths):
+            if not p.name.endswith(".ko"):  # compressed: busybox insmod cannot read it
+                dst = ctrl / "modules" / (kernels._module_name(p) + ".ko")
+                dst.parent.mkdir(exist_ok=True)
+                dst.write_bytes(kernels._read_module(p))
+                p = dst
+            entry = (str(p), params if i == len(paths) - 1 else [])
+            if entry[0] not in [e[0] for e in out]:
+                out.append(entry)
+    return out
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+# --------------------------------------------------------------------------- run
+
+def run_in_guest(kernel: kernels.Kernel | str | None, command: Sequence[str] | str, *,
+                 smp: int = 2, mem: str = "2G", accel: str = "tcg", timeout: float = 600,
+                 boot_timeout: float = 120, results_dir: Path | str | None = None,
+                 env: Mapping[str, str] | None = None, extra_modules: Iterable[str | Path] = (),
+                 cwd: str | Path | None = None, append: str = "", console: TextIO | None = None,
+                 qemu: str = "qemu-system-x86_64") -> GuestResult:
+    """Boot *kernel* under QEMU, run *command* in the host root, return what happened.
+
+    *kernel*: a cached :class:`~cglcert.kernels.Kernel`, or a release/spec string
+    (``"6.1.0-57-rt-amd64"``, ``"default"``, None), fetched if needed.
+    *command*: argv list (exec'd) or a shell script string (run by /bin/sh).
+    *timeout*: seconds the command may run in the guest (0 = no guest watchdog,
+    the host still kills QEMU after *boot_timeout* + 24 h).
+    *results_dir*: writable share, visible in the guest at the same path;
+    default a new temporary directory.  *console*: stream the serial console
+    there while running (e.g. ``sys.stderr``).
+    """
+    if not isinstance(kernel, kernels.Kernel):
+        kernel = kernels.fetch(kernels.resolve(kernel), headers=False)
+    if shutil.which(qemu) is None:
+        hostdeps.ensure(["qemu-system-x86"])
+    initrd = initramfs.build(kernel)
+    if results_dir is None:
+        results_dir = Path(tempfile.mkdtemp(prefix="cglcert-guest-"))
+    results_dir = Path(results_dir).resolve()
+    results_dir.mkdir(parents=True, exist_ok=True)
+    ctrl = results_dir / _CTRL.lstrip("/")
+    if ctrl.exists():
+        shutil.rmtree(ctrl)
+    ctrl.mkdir()
+    modules = _resolve_modules(kernel, extra_modules, ctrl)
+    _write_control(ctrl, kernel=kernel, results_dir=results_dir, command=command, env=env,
+                   cwd=str(cwd or os.getcwd()), timeout=timeout, modules=modules)
+    serial = ctrl / "serial.log"
+    serial.touch()
+    argv = qemu_command(kernel, initrd, results_dir, serial, smp=smp, mem=mem, accel=accel,
+                        append=append, qemu=qemu)
+    (ctrl / "qemu.cmdline").write_text(shlex.join(argv) + "\n")
+
+    cmd_limit = timeout if timeout > 0 else 24 * 3600
+    grace = max(30.0, 0.25 * cmd_limit)
+    start = time.monotonic()
+    begin_at: float | None = None
+    error: str | None = None
+    detail = ""
+    seen = ""
+    pos = 0
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    with open(ctrl / "qemu.stderr", "wb") as errf:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=errf, stderr=errf,
+                                start_new_session=True)
+        try:
+            panic_at: float | None = None
+            while True:
+                exited = proc.poll() is not None
+                with open(serial, "rb") as fh:
+                    fh.seek(pos)
+                    raw = fh.read()
+                pos += len(raw)
+                chunk = decoder.decode(raw)
+                if chunk:
+                    seen += chunk
+                    if console is not None:
+                        console.write(chunk.replace("\r", ""))
+                        console.flush()
+                now = time.monotonic()
+                if begin_at is None and "<<<cglcert:begin>>>" in seen:
+                    begin_at = now
+                if exited:
+                    break
+                if panic_at is None and _PANIC_RE.search(seen):
+                    panic_at = now
+                if panic_at is not None and now - panic_at > 10:
+                    error, detail = "panic", "kernel panicked; QEMU did not exit, killed"
+                    break
+                if begin_at is None and now - start > boot_timeout:
+                    error = "boot"
+                    detail = (f"the guest did not start the command within {boot_timeout:.0f} s "
+                              f"(see {serial})")
+                    break
+                if begin_at is not None and now - begin_at > cmd_limit + grace:
+                    error = "timeout"
+                    detail = (f"the guest did not finish within {cmd_limit:.0f} s + {grace:.0f} s grace; "
+                              "QEMU killed (kernel log from the serial console)")
+                    break
+                time.sleep(0.05)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            with open(serial, "rb") as fh:
+                fh.seek(pos)
+                rest = decoder.decode(fh.read(), final=True)
+            if rest:
+                seen += rest
+                if console is not None:
+                    console.write(rest.replace("\r", ""))
+                    console.flush()
+    duration = time.monotonic() - start
+    seen = seen.replace("\r", "")
+
+    # ---- interpret
+    marks = [(m["what"], m["arg"] or "") for m in _MARK_RE.finditer(seen)]
+    rc = _read_int(ctrl / "rc")
+    timed_out = (ctrl / "timeout").exists() or any(w == "timeout" for w, _ in marks)
+    init_err = next((a for w, a in marks if w == "init-error"), None)
+    if error is None:
+        if init_err is not None:
+            kind, _, msg = init_err.partition(" ")
+            error = "module" if kind == "module" else "init"
+            detail = msg or init_err
+        elif _PANIC_RE.search(seen) and rc is None:
+            error, detail = "panic", "kernel panic (see findings)"
+        elif timed_out:
+            error = "timeout"
+            detail = f"the command did not finish within {timeout:g} s and was killed in the guest"
+        elif begin_at is None:
+            error = "boot"
+            err_txt = (ctrl / "qemu.stderr").read_text(errors="replace").strip()
+            if proc.returncode not in (0, None) and err_txt:
+                error, detail = "qemu", f"QEMU failed ({proc.returncode}): {err_txt[-1500:]}"
+            else:
+                tail = "\n".join(seen.strip().splitlines()[-15:])
+                detail = f"the guest stopped before running the command; last console lines:\n{tail}"
+        elif rc is None:
+            error = "no-result"
+            detail = "the guest ended without recording the command's exit code"
+    exit_code = None if (timed_out or error in ("boot", "init", "module", "qemu")) else rc
+
+    dmesg = ctrl / "dmesg.txt"
+    if dmesg.is_file() and dmesg.stat().st_size > 0:
+        klog, source = dmesg.read_text(errors="replace"), "dmesg"
+        report = kmsg.check(klog, _read_int(ctrl / "tainted"),
+                            tainted_before=_read_int(ctrl / "tainted_before"))
+    else:
+        klog, source = "\n".join(l for l in seen.splitlines() if _KLINE_RE.match(l)), "serial"
+        report = kmsg.check(klog, _read_int(ctrl / "tainted"), kernel_only=True)
+
+    output = ""
+    b = seen.find("<<<cglcert:begin>>>")
+    if b >= 0:
+        e = seen.find("<<<cglcert:exit", b)
+        if e < 0:
+            e = seen.find("<<<cglcert:timeout>>>", b)
+        body = seen[b + len("<<<cglcert:begin>>>"): e if e >= 0 else len(seen)]
+        output = "\n".join(l for l in body.splitlines() if not _KLINE_RE.match(l)).strip("\n")
+        if output:
+            output += "\n"
+
+    up = None
+    try:
+        up = float((ctrl / "uptime").read_text().strip())
+    except (OSError, ValueError):
+        pass
+    return GuestResult(
+        release=kernel.release, command=command if isinstance(command, str) else list(command),
+        exit_code=exit_code, error=error, detail=detail, results_dir=results_dir,
+        serial_log=serial, kernel_log=klog, kernel_log_source=source, output=output,
+        tainted_before=_read_int(ctrl / "tainted_before"), tainted=_read_int(ctrl / "tainted"),
+        duration=duration, boot_seconds=None if begin_at is None else begin_at - start,
+        guest_uptime=up, report=report, qemu_cmdline=argv,
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover - manual smoke test
+    r = run_in_guest(None, sys.argv[1:] or ["uname", "-r"], console=sys.stderr)
+    print(r)

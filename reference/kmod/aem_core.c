@@ -1,0 +1,1479 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * AEM - the Asynchronous Event Mechanism, core module.
+ *
+ * /dev/aem is a misc device; one open() is one context, bound to the
+ * thread group (and mm) that opened it. Event family modules register
+ * with aem_register_family(); user space registers events of a family,
+ * the family activates them (aem_activate(), from any context), and the
+ * core queues the activations by priority and hands them to user space
+ * through a pull ioctl (AEM_IOC_WAIT), an optional mmap'd completion ring,
+ * poll() readiness of the fd and an optional RT-signal doorbell.
+ *
+ * LOCKING:
+ * There are two locks per context and one global mutex:
+ *
+ * 1) aem_family_lock (global mutex): the list of loaded families.
+ * 2) ctx->mutex: serialises the "slow" control paths of a context:
+ *    registration, evctl, raise, popping deliveries for AEM_IOC_WAIT (held
+ *    across the copy to user space, so a delivery that faults can be put
+ *    back before anyone can clean its registration), ring setup, signal
+ *    setup, the reap work and the final teardown. It protects
+ *    ctx->regs contents against concurrent destruction: a registration
+ *    found in ctx->regs under ctx->mutex stays alive until the mutex is
+ *    dropped, because only a holder of ctx->mutex destroys one.
+ *    It is never held while sleeping for events.
+ * 3) ctx->lock (spinlock, irq-safe): the priority queue (bitmap, level
+ *    lists, overflow list), the reap list, every registration's pending
+ *    state (count, value, error, state bits, stats), the ring producer
+ *    side, the doorbell, and ctx->sig_task/signo. It is taken from any
+ *    context (hardirq: hrtimers; wait-queue callbacks), always with
+ *    spin_lock_irqsave(), and nothing is called under it that takes
+ *    another lock except wake-free list/bitmap operations, queue_work()
+ *    and irq_work_queue() (both lock-free or with leaf locks).
+ *
+ * Lock order: aem_family_lock -> ctx->mutex -> (family locks,
+ * hrtimer base, wait-queue head locks) -> ctx->lock.
+ * A family may call aem_activate() with its own lock or a wait-queue head
+ * lock held (wq_head->lock -> ctx->lock), exactly like ep_poll_callback().
+ * Because activation can happen under a wait-queue head lock or under
+ * sighand->siglock (signalfd), the core never wakes its own wait queue or
+ * sends the doorbell signal under ctx->lock or from the activation path
+ * itself: it queues ctx->kick (an irq_work), which runs in hardirq context
+ * with no locks held, wakes ctx->wq and sends the signal. mmap() runs
+ * under mmap_lock and takes only ctx->lock, so mmap_lock -> ctx->mutex
+ * never happens (ctx->mutex -> mmap_lock does, via copy_to_user()).
+ *
+ * Lifetime: the file owns the context. ->release() destroys every
+ * registration (family teardown first, so no activation can follow), then
+ * flushes the reap work and the irq_work, then frees the context. Each
+ * registration pins its family's module; the fops pin aem.ko.
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/bitops.h>
+#include <linux/debugfs.h>
+#include <linux/fs.h>
+#include <linux/hrtimer.h>
+#include <linux/irq_work.h>
+#include <linux/miscdevice.h>
+#include <linux/mm.h>
+#include <linux/module.h>
+#include <linux/mutex.h>
+#include <linux/poll.h>
+#include <linux/pid.h>
+#include <linux/sched/mm.h>
+#include <linux/sched/signal.h>
+#include <linux/sched/task.h>
+#include <linux/slab.h>
+#include <linux/spinlock.h>
+#include <linux/uaccess.h>
+#include <linux/vmalloc.h>
+#include <linux/wait.h>
+#include <linux/workqueue.h>
+#include <linux/xarray.h>
+
+#include "aem_family.h"
+#include "aem_fault.h"
+
+/* ---- Policy and limits (module parameters) ---- */
+
+static unsigned int max_regs = 65536;
+module_param(max_regs, uint, 0644);
+MODULE_PARM_DESC(max_regs, "Registrations per context (default 65536)");
+
+static unsigned int max_pending = 65536;
+module_param(max_pending, uint, 0644);
+MODULE_PARM_DESC(max_pending,
+		 "Simultaneously pending registrations per context; over it activations are deferred and counted, and an overload notification is queued (default 65536)");
+
+static unsigned int allowed_types = ~0u;
+module_param(allowed_types, uint, 0644);
+MODULE_PARM_DESC(allowed_types,
+		 "Bit (1 << AEM_EV_x): event type x may be registered (default all)");
+
+static unsigned int allowed_exec = 0x7;
+module_param(allowed_exec, uint, 0644);
+MODULE_PARM_DESC(allowed_exec,
+		 "Bit (1 << AEM_EXEC_x): executor x may be used (default 0x7: all)");
+
+static unsigned int boost_ceiling;
+module_param(boost_ceiling, uint, 0644);
+MODULE_PARM_DESC(boost_ceiling,
+		 "Highest registration priority that may raise the process priority, 0: no boosting (default 0)");
+
+static unsigned long long min_timer_period_ns = 100000;
+module_param(min_timer_period_ns, ullong, 0644);
+MODULE_PARM_DESC(min_timer_period_ns,
+		 "Shortest period of a periodic timer in ns (default 100000)");
+
+#define AEM_MAX_RING_ENTRIES	4096
+#define AEM_RING_ENTRIES_OFF	256
+#define AEM_WAIT_MAX		1024
+#define AEM_WAIT_BATCH		64
+
+/* ---- Data structures ---- */
+
+/* Where a pending node is. */
+enum aem_qstate {
+	AEM_Q_IDLE,		/* not queued */
+	AEM_Q_QUEUED,		/* on ctx->level[prio] */
+	AEM_Q_OVERFLOW,		/* on ctx->overflow (pending limit) */
+};
+
+/**
+ * struct aem_pnode - a pending node, embedded: queueing never allocates
+ * @link:  on ctx->level[@prio] or ctx->overflow
+ * @prio:  the level it is (or will be) queued at
+ * @q:     enum aem_qstate
+ */
+struct aem_pnode {
+	struct list_head link;
+	u8 prio;
+	u8 q;
+};
+
+/* struct aem_event.state bits */
+#define AEM_RS_DISABLED		0x1	/* occurrences held, not queued */
+#define AEM_RS_DOOMED		0x2	/* final delivery queued or taken */
+#define AEM_RS_LIVE		0x4	/* setup done, visible in ctx->regs */
+
+/**
+ * struct aem_event - one registration
+ * @ctx:        the owning context
+ * @fam:        its family (module pinned)
+ * @id:         the id (> 0) in ctx->regs
+ * @type:       AEM_EV_*
+ * @flags:      the AEM_* flags given at registration
+ * @fd:         watched fd given at registration, -1: none
+ * @user_data:  returned in every delivery
+ * @node:       the embedded pending node (ctx->lock)
+ * @state:      AEM_RS_* (ctx->lock)
+ * @count:      occurrences not yet delivered (ctx->lock)
+ * @value:      merged family value not yet delivered (ctx->lock)
+ * @error:      error to deliver, 0: none (ctx->lock)
+ * @reap_link:  on ctx->reap once its final delivery was taken (ctx->lock)
+ * @timeout:    AEM_CTL_SET_TIMEOUT, 0: none (ctx->mutex to set)
+ * @last_act:   time of the last activation, for the timeout (ctx->lock)
+ * @tmo_timer:  the timeout timer
+ * @stats:      AEM_CTL_STATS counters (ctx->lock)
+ * @priv:       family state, @fam->priv_size bytes
+ */
+struct aem_event {
+	struct aem_ctx *ctx;
+	struct aem_family *fam;
+	int id;
+	u32 type;
+	u32 flags;
+	int fd;
+	u64 user_data;
+	struct aem_pnode node;
+	u32 state;
+	u64 count;
+	u64 value;
+	int error;
+	struct list_head reap_link;
+	ktime_t timeout;
+	ktime_t last_act;
+	struct hrtimer tmo_timer;
+	struct {
+		u64 activations;
+		u64 deliveries;
+		u64 merged;
+		u64 errors;
+		u64 overflows;
+	} stats;
+	unsigned long priv[];
+};
+
+/**
+ * struct aem_ring - the mmap'd completion ring
+ * @mem:     vmalloc_user() memory: header, then the entries
+ * @size:    bytes of @mem (page multiple)
+ * @hdr:     header at the start of @mem
+ * @ents:    entry array at AEM_RING_ENTRIES_OFF
+ * @entries: number of entries (power of two)
+ * @ktail:   the kernel's private tail; hdr->tail is only written
+ */
+struct aem_ring {
+	void *mem;
+	size_t size;
+	struct aem_ring_hdr *hdr;
+	struct aem_delivery *ents;
+	u32 entries;
+	u32 ktail;
+};
+
+/**
+ * struct aem_ctx - one open of /dev/aem
+ * @lock:        see LOCKING
+ * @bitmap:      bit p set while ctx->level[p] is not empty (ctx->lock)
+ * @level:       FIFO of pending nodes per priority (ctx->lock)
+ * @overflow:    FIFO of nodes deferred by max_pending (ctx->lock)
+ * @npending:    registrations on @level (ctx->lock)
+ * @overload:    the context's own node for overload notifications
+ * @overload_count: activations deferred since the last notification
+ * @reap:        registrations whose final delivery was taken (ctx->lock)
+ * @doorbell:    signal sent, nothing re-armed it yet (ctx->lock; used
+ *               when there is no ring, else ring->hdr->doorbell)
+ * @signo:       doorbell signal, 0: none (ctx->lock)
+ * @sig_task:    the thread it goes to, referenced (ctx->lock to read;
+ *               replaced under ctx->mutex, old one put after
+ *               irq_work_sync())
+ * @ring:        completion ring or NULL; set once (ctx->lock)
+ * @wq:          poll() and AEM_IOC_WAIT sleepers
+ * @kick:        irq_work: wake @wq, ring the doorbell
+ * @reap_work:   destroys the registrations on @reap
+ * @mutex:       see LOCKING
+ * @regs:        id -> struct aem_event (xarray; ctx->mutex for changes)
+ * @next_id:     cyclic id allocation hint
+ * @nregs:       entries in @regs (ctx->mutex)
+ * @tgid:        the owning thread group (referenced)
+ * @mm:          the owning mm (mmgrab()ed)
+ */
+struct aem_ctx {
+	spinlock_t lock;
+	u64 bitmap;
+	struct list_head level[AEM_PRIO_LEVELS];
+	struct list_head overflow;
+	u32 npending;
+	struct aem_pnode overload;
+	u64 overload_count;
+	struct list_head reap;
+	bool doorbell;
+	int signo;
+	struct task_struct *sig_task;
+	struct aem_ring *ring;
+	wait_queue_head_t wq;
+	struct irq_work kick;
+	struct work_struct reap_work;
+	struct mutex mutex;
+	struct xarray regs;
+	u32 next_id;
+	u32 nregs;
+	struct pid *tgid;
+	struct mm_struct *mm;
+};
+
+static DEFINE_MUTEX(aem_family_lock);
+static LIST_HEAD(aem_families);
+static struct dentry *aem_debugfs;
+
+/* ---- Families ---- */
+
+/**
+ * aem_register_family() - make an event family available
+ * @fam: the family; must stay valid until aem_unregister_family()
+ *
+ * Return: 0, -EINVAL for a bad family, -EEXIST when the same type and
+ * version is already loaded.
+ */
+int aem_register_family(struct aem_family *fam)
+{
+	struct aem_family *f;
+	int ret = 0;
+
+	if (!fam->type || fam->type > AEM_EV_MAX || !fam->version ||
+	    !fam->setup || !fam->teardown ||
+	    fam->arg_size > sizeof(union aem_reg_arg))
+		return -EINVAL;
+	mutex_lock(&aem_family_lock);
+	list_for_each_entry(f, &aem_families, list) {
+		if (f->type == fam->type && f->version == fam->version) {
+			ret = -EEXIST;
+			goto out;
+		}
+	}
+	list_add_tail(&fam->list, &aem_families);
+	pr_info("family %s (type %u) version %u registered\n",
+		fam->name, fam->type, fam->version);
+out:
+	mutex_unlock(&aem_family_lock);
+	return ret;
+}
+EXPORT_SYMBOL_GPL(aem_register_family);
+
+/**
+ * aem_unregister_family() - remove a family
+ * @fam: a registered family
+ *
+ * Called from the family module's exit: no registration uses it any more,
+ * because each one holds a reference on the module.
+ */
+void aem_unregister_family(struct aem_family *fam)
+{
+	mutex_lock(&aem_family_lock);
+	list_del(&fam->list);
+	mutex_unlock(&aem_family_lock);
+}
+EXPORT_SYMBOL_GPL(aem_unregister_family);
+
+/* Newest family of @type (or exactly @version), module pinned; or NULL. */
+static struct aem_family *aem_family_get(u32 type, u32 version)
+{
+	struct aem_family *f, *best = NULL;
+
+	mutex_lock(&aem_family_lock);
+	list_for_each_entry(f, &aem_families, list) {
+		if (f->type != type)
+			continue;
+		if (version ? f->version == version :
+		    (!best || f->version > best->version))
+			best = f;
+	}
+	if (best && !try_module_get(best->owner))
+		best = NULL;
+	mutex_unlock(&aem_family_lock);
+	return best;
+}
+
+void *aem_reg_priv(struct aem_event *reg)
+{
+	return reg->priv;
+}
+EXPORT_SYMBOL_GPL(aem_reg_priv);
+
+u32 aem_reg_flags(const struct aem_event *reg)
+{
+	return reg->flags;
+}
+EXPORT_SYMBOL_GPL(aem_reg_flags);
+
+int aem_reg_id(const struct aem_event *reg)
+{
+	return reg->id;
+}
+EXPORT_SYMBOL_GPL(aem_reg_id);
+
+void aem_reg_set_fd(struct aem_event *reg, int fd)
+{
+	reg->fd = fd;
+}
+EXPORT_SYMBOL_GPL(aem_reg_set_fd);
+
+u64 aem_min_timer_period_ns(void)
+{
+	return READ_ONCE(min_timer_period_ns);
+}
+EXPORT_SYMBOL_GPL(aem_min_timer_period_ns);
+
+/* ---- The priority queue (all under ctx->lock) ---- */
+
+static void aem_level_add(struct aem_ctx *ctx, struct aem_pnode *n, bool head)
+{
+	if (head)
+		list_add(&n->link, &ctx->level[n->prio]);
+	else
+		list_add_tail(&n->link, &ctx->level[n->prio]);
+	ctx->bitmap |= BIT_ULL(n->prio);
+	n->q = AEM_Q_QUEUED;
+}
+
+static void aem_level_del(struct aem_ctx *ctx, struct aem_pnode *n)
+{
+	list_del_init(&n->link);
+	if (list_empty(&ctx->level[n->prio]))
+		ctx->bitmap &= ~BIT_ULL(n->prio);
+	n->q = AEM_Q_IDLE;
+}
+
+/* Move deferred registrations into the queue while under the limit. */
+static void aem_overflow_refill(struct aem_ctx *ctx)
+{
+	struct aem_pnode *n;
+
+	while (!list_empty(&ctx->overflow) &&
+	       ctx->npending < READ_ONCE(max_pending)) {
+		n = list_first_entry(&ctx->overflow, struct aem_pnode, link);
+		list_del_init(&n->link);
+		aem_level_add(ctx, n, false);
+		ctx->npending++;
+	}
+}
+
+/* Queue @reg (which is idle); never fails: over the limit it waits. */
+static void aem_enqueue(struct aem_ctx *ctx, struct aem_event *reg)
+{
+	if (ctx->npending >= READ_ONCE(max_pending)) {
+		list_add_tail(&reg->node.link, &ctx->overflow);
+		reg->node.q = AEM_Q_OVERFLOW;
+		reg->stats.overflows++;
+		ctx->overload_count++;
+		if (ctx->overload.q == AEM_Q_IDLE)
+			aem_level_add(ctx, &ctx->overload, false);
+		return;
+	}
+	aem_level_add(ctx, &reg->node, false);
+	ctx->npending++;
+}
+
+/* Take @reg out of the queue; its pending count stays. */
+static void aem_dequeue(struct aem_ctx *ctx, struct aem_event *reg)
+{
+	switch (reg->node.q) {
+	case AEM_Q_QUEUED:
+		aem_level_del(ctx, &reg->node);
+		ctx->npending--;
+		aem_overflow_refill(ctx);
+		break;
+	case AEM_Q_OVERFLOW:
+		list_del_init(&reg->node.link);
+		reg->node.q = AEM_Q_IDLE;
+		break;
+	}
+}
+
+static bool aem_ring_nonempty(struct aem_ctx *ctx)
+{
+	struct aem_ring *ring = READ_ONCE(ctx->ring);
+
+	return ring && READ_ONCE(ring->hdr->head) != READ_ONCE(ring->hdr->tail);
+}
+
+/*
+ * Pop the most urgent delivery into @d. The registration's final delivery
+ * (error, or AEM_ONESHOT) puts it on ctx->reap; the caller schedules the
+ * reap work.
+ */
+static bool aem_pop(struct aem_ctx *ctx, struct aem_delivery *d)
+{
+	struct aem_pnode *n;
+	struct aem_event *reg;
+	unsigned int prio;
+
+	if (!ctx->bitmap)
+		return false;
+	prio = __fls(ctx->bitmap);
+	n = list_first_entry(&ctx->level[prio], struct aem_pnode, link);
+	memset(d, 0, sizeof(*d));
+	d->prio = prio;
+	if (n == &ctx->overload) {
+		aem_level_del(ctx, n);
+		d->type = AEM_EV_OVERLOAD;
+		d->error = -EOVERFLOW;
+		d->count = ctx->overload_count;
+		ctx->overload_count = 0;
+		return true;
+	}
+	reg = container_of(n, struct aem_event, node);
+	d->id = reg->id;
+	d->type = reg->type;
+	d->user_data = reg->user_data;
+	d->error = reg->error;
+	if ((reg->flags & AEM_PER_OCCURRENCE) && reg->count > 1 &&
+	    !reg->error && !(reg->flags & AEM_ONESHOT)) {
+		/* One occurrence now, the rest after its level's others. */
+		d->count = 1;
+		d->value = reg->value;
+		reg->count--;
+		list_move_tail(&n->link, &ctx->level[prio]);
+	} else {
+		d->count = reg->count;
+		d->value = reg->value;
+		if (reg->count > 1)
+			reg->stats.merged += reg->count - 1;
+		reg->count = 0;
+		reg->value = 0;
+		reg->error = 0;
+		aem_dequeue(ctx, reg);
+	}
+	reg->stats.deliveries++;
+	if (d->error) {
+		reg->stats.errors++;
+		d->flags |= AEM_DLV_FINAL;
+	} else if (reg->flags & AEM_ONESHOT) {
+		d->flags |= AEM_DLV_FINAL;
+	}
+	if (d->flags & AEM_DLV_FINAL) {
+		reg->state |= AEM_RS_DOOMED;
+		list_add_tail(&reg->reap_link, &ctx->reap);
+	}
+	return true;
+}
+
+/* Undo aem_pop() of @d after a failed copy; ctx->mutex and ctx->lock held. */
+static void aem_unpop(struct aem_ctx *ctx, const struct aem_delivery *d)
+{
+	struct aem_event *reg;
+
+	if (!d->id) {
+		ctx->overload_count += d->count;
+		if (ctx->overload.q == AEM_Q_IDLE)
+			aem_level_add(ctx, &ctx->overload, true);
+		return;
+	}
+	reg = xa_load(&ctx->regs, d->id);
+	if (WARN_ON_ONCE(!reg))
+		return;
+	reg->count += d->count;
+	reg->value |= d->value;
+	reg->stats.deliveries--;
+	if (d->flags & AEM_DLV_FINAL) {
+		list_del_init(&reg->reap_link);
+		reg->error = d->error;
+		if (!d->error)
+			reg->state &= ~AEM_RS_DOOMED;
+		else
+			reg->stats.errors--;
+	}
+	if (reg->node.q == AEM_Q_OVERFLOW)
+		list_del_init(&reg->node.link);
+	if (reg->node.q != AEM_Q_QUEUED) {
+		aem_level_add(ctx, &reg->node, true);
+		ctx->npending++;
+	}
+}
+
+/*
+ * Move deliveries from the queue into the ring while it has room.
+ * The entries are written first, then the tail is published with a
+ * store-release; it pairs with the consumer's load-acquire of the tail.
+ * The consumer's head is read with a load-acquire (pairs with its
+ * store-release after reading the entries, so we never overwrite an entry
+ * it is still reading) and is treated as hostile: only the kernel's own
+ * ktail indexes the array, and a head that is not within the last
+ * @entries positions makes the ring look full.
+ */
+static u32 aem_ring_refill(struct aem_ctx *ctx)
+{
+	struct aem_ring *ring = ctx->ring;
+	struct aem_delivery d;
+	u32 head, n = 0;
+
+	if (!ring)
+		return 0;
+	head = smp_load_acquire(&ring->hdr->head);
+	while (ring->ktail - head < ring->entries && aem_pop(ctx, &d)) {
+		ring->ents[ring->ktail & (ring->entries - 1)] = d;
+		ring->ktail++;
+		n++;
+	}
+	if (n)
+		smp_store_release(&ring->hdr->tail, ring->ktail);
+	WRITE_ONCE(ring->hdr->backlog, ctx->bitmap ? 1 : 0);
+	return n;
+}
+
+/* After pops: reap what got its final delivery. ctx->lock held. */
+static void aem_after_pop(struct aem_ctx *ctx)
+{
+	if (!list_empty(&ctx->reap))
+		schedule_work(&ctx->reap_work);
+}
+
+/* Something became pending: refill the ring, kick the irq_work. */
+static void aem_pending_changed(struct aem_ctx *ctx)
+{
+	if (ctx->ring) {
+		aem_ring_refill(ctx);
+		aem_after_pop(ctx);
+	}
+	irq_work_queue(&ctx->kick);
+}
+
+/**
+ * aem_activate() - count occurrences of a registration
+ * @reg:   the registration
+ * @count: occurrences (>= 1)
+ * @value: family value, merged as @how says
+ * @how:   enum aem_value_merge
+ *
+ * Any context; never allocates, never fails. A disabled registration
+ * counts and holds them; a doomed one (final delivery queued) ignores
+ * them.
+ */
+void aem_activate(struct aem_event *reg, u64 count, u64 value,
+		  enum aem_value_merge how)
+{
+	struct aem_ctx *ctx = reg->ctx;
+	unsigned long flags;
+
+	spin_lock_irqsave(&ctx->lock, flags);
+	if (reg->state & AEM_RS_DOOMED)
+		goto out;
+	reg->stats.activations += count;
+	reg->count += count;
+	switch (how) {
+	case AEM_VALUE_SET:
+		reg->value = value;
+		break;
+	case AEM_VALUE_OR:
+		reg->value |= value;
+		break;
+	case AEM_VALUE_ADD:
+		reg->value += value;
+		break;
+	}
+	if (reg->timeout)
+		reg->last_act = ktime_get();
+	if (!(reg->state & AEM_RS_DISABLED) && reg->node.q == AEM_Q_IDLE) {
+		aem_enqueue(ctx, reg);
+		aem_pending_changed(ctx);
+	}
+out:
+	spin_unlock_irqrestore(&ctx->lock, flags);
+}
+EXPORT_SYMBOL_GPL(aem_activate);
+
+/*
+ * ctx->kick: hardirq context, no locks held by our caller. Wakes the
+ * waiters and rings the doorbell: the signal goes out only when the
+ * doorbell word goes 0 -> 1. With a ring the word is shared with user
+ * space and xchg() is the full barrier of the Dekker pairing (the
+ * consumer stores 0 then re-reads tail); without one the pull path
+ * re-arms it under ctx->lock when it leaves nothing pending.
+ */
+static void aem_kick_fn(struct irq_work *work)
+{
+	struct aem_ctx *ctx = container_of(work, struct aem_ctx, kick);
+	struct task_struct *task = NULL;
+	struct kernel_siginfo info;
+	unsigned long flags;
+	struct aem_ring *ring;
+	int signo;
+
+	wake_up_interruptible_poll(&ctx->wq, EPOLLIN | EPOLLRDNORM);
+
+	spin_lock_irqsave(&ctx->lock, flags);
+	signo = ctx->signo;
+	ring = ctx->ring;
+	if (signo && ctx->sig_task) {
+		if (ring) {
+			if (aem_ring_nonempty(ctx) || ctx->bitmap) {
+				if (!xchg(&ring->hdr->doorbell, 1))
+					task = ctx->sig_task;
+			}
+		} else if (ctx->bitmap && !ctx->doorbell) {
+			ctx->doorbell = true;
+			task = ctx->sig_task;
+		}
+	}
+	spin_unlock_irqrestore(&ctx->lock, flags);
+	if (!task)
+		return;
+	/* sig_task cannot be put before irq_work_sync(): see SET_SIGNAL. */
+	clear_siginfo(&info);
+	info.si_signo = signo;
+	info.si_code = SI_KERNEL;
+	send_sig_info(signo, &info, task);
+}
+
+/* ---- Registrations ---- */
+
+static enum hrtimer_restart aem_tmo_fn(struct hrtimer *t)
+{
+	struct aem_event *reg = container_of(t, struct aem_event, tmo_timer);
+	struct aem_ctx *ctx = reg->ctx;
+	enum hrtimer_restart ret = HRTIMER_NORESTART;
+	unsigned long flags;
+	ktime_t deadline;
+
+	spin_lock_irqsave(&ctx->lock, flags);
+	if (reg->state & AEM_RS_DOOMED)
+		goto out;
+	deadline = ktime_add(reg->last_act, reg->timeout);
+	if (ktime_after(deadline, ktime_get())) {
+		/* Activated since: wait for the rest of the window. */
+		hrtimer_set_expires(t, deadline);
+		ret = HRTIMER_RESTART;
+		goto out;
+	}
+	reg->error = -ETIMEDOUT;
+	reg->state |= AEM_RS_DOOMED;
+	if (reg->node.q == AEM_Q_IDLE) {
+		aem_enqueue(ctx, reg);
+		aem_pending_changed(ctx);
+	}
+out:
+	spin_unlock_irqrestore(&ctx->lock, flags);
+	return ret;
+}
+
+/* Destroy @reg, already erased from ctx->regs; ctx->mutex held. */
+static void aem_reg_destroy(struct aem_ctx *ctx, struct aem_event *reg)
+{
+	struct aem_family *fam = reg->fam;
+	unsigned long flags;
+
+	fam->teardown(reg);
+	hrtimer_cancel(&reg->tmo_timer);
+	spin_lock_irqsave(&ctx->lock, flags);
+	reg->state |= AEM_RS_DOOMED;
+	aem_dequeue(ctx, reg);
+	list_del_init(&reg->reap_link);
+	spin_unlock_irqrestore(&ctx->lock, flags);
+	ctx->nregs--;
+	kfree(reg);
+	module_put(fam->owner);
+}
+
+static void aem_reap_fn(struct work_struct *work)
+{
+	struct aem_ctx *ctx = container_of(work, struct aem_ctx, reap_work);
+	struct aem_event *reg;
+	unsigned long flags;
+
+	mutex_lock(&ctx->mutex);
+	for (;;) {
+		spin_lock_irqsave(&ctx->lock, flags);
+		reg = list_first_entry_or_null(&ctx->reap, struct aem_event,
+					       reap_link);
+		if (reg)
+			list_del_init(&reg->reap_link);
+		spin_unlock_irqrestore(&ctx->lock, flags);
+		if (!reg)
+			break;
+		if (xa_erase(&ctx->regs, reg->id) == reg)
+			aem_reg_destroy(ctx, reg);
+	}
+	mutex_unlock(&ctx->mutex);
+}
+
+/* A live registration by id, or NULL; ctx->mutex held. */
+static struct aem_event *aem_reg_find(struct aem_ctx *ctx, int id)
+{
+	struct aem_event *reg;
+
+	if (id <= 0)
+		return NULL;
+	reg = xa_load(&ctx->regs, id);
+	if (!reg || !(reg->state & AEM_RS_LIVE) ||
+	    (READ_ONCE(reg->state) & AEM_RS_DOOMED))
+		return NULL;
+	return reg;
+}
+
+/* Priority from flags: default, or the AEM_PRIO() field; -EINVAL. */
+static int aem_flags_prio(u32 flags)
+{
+	u32 p;
+
+	if (!(flags & AEM_PRIO_GIVEN))
+		return (flags & AEM_PRIO_FIELD) ? -EINVAL : AEM_PRIO_DEFAULT;
+	p = (flags & AEM_PRIO_FIELD) >> AEM_PRIO_SHIFT;
+	return p <= AEM_PRIO_MAX ? p : -EINVAL;
+}
+
+static int aem_copy_in(void *dst, size_t ksize, const void __user *src,
+		       size_t ver0)
+{
+	u32 usize;
+
+	if (get_user(usize, (const u32 __user *)src))
+		return -EFAULT;
+	if (usize < ver0)
+		return -EINVAL;
+	if (usize > PAGE_SIZE)
+		return -E2BIG;
+	return copy_struct_from_user(dst, ksize, src, usize);
+}
+
+/* Copy @src back, at most the caller's size (first u32 of @src). */
+static int aem_copy_out(void __user *dst, const void *src, size_t ksize)
+{
+	u32 usize = *(const u32 *)src;
+
+	return copy_to_user(dst, src, min_t(size_t, usize, ksize)) ?
+		-EFAULT : 0;
+}
+
+static bool aem_mem_is_zero(const void *p, size_t len)
+{
+	return !memchr_inv(p, 0, len);
+}
+
+static int aem_ioc_register(struct aem_ctx *ctx, void __user *uarg)
+{
+	struct aem_family *fam;
+	struct aem_event *reg;
+	struct aem_reg kreg;
+	int prio, ret;
+	u32 id;
+
+	ret = aem_copy_in(&kreg, sizeof(kreg), uarg, AEM_REG_SIZE_VER0);
+	if (ret)
+		return ret;
+	if (kreg.reserved0 || (kreg.flags & ~AEM_FLAGS_VALID) ||
+	    (kreg.flags & AEM_EXEC_MASK) == AEM_EXEC_MASK ||
+	    ((kreg.flags & AEM_EDGE) && (kreg.flags & AEM_LEVEL)) ||
+	    !kreg.type || kreg.type > AEM_EV_MAX || kreg.id)
+		return -EINVAL;
+	prio = aem_flags_prio(kreg.flags);
+	if (prio < 0)
+		return prio;
+	if (!(READ_ONCE(allowed_types) & BIT(kreg.type)) ||
+	    !(READ_ONCE(allowed_exec) & BIT(kreg.flags & AEM_EXEC_MASK)))
+		return -EPERM;
+	fam = aem_family_get(kreg.type, kreg.family_version);
+	if (!fam)
+		return -EOPNOTSUPP;
+	ret = -EINVAL;
+	if (!aem_mem_is_zero((u8 *)&kreg.arg + fam->arg_size,
+			     sizeof(kreg.arg) - fam->arg_size))
+		goto out_put;
+
+	mutex_lock(&ctx->mutex);
+	ret = -EMFILE;
+	if (ctx->nregs >= READ_ONCE(max_regs))
+		goto out_unlock;
+	ret = -ENOMEM;
+	if (aem_should_fail(&aem_fail_reg_alloc))
+		goto out_unlock;
+	reg = kzalloc(struct_size(reg, priv, DIV_ROUND_UP(fam->priv_size,
+							 sizeof(long))),
+		      GFP_KERNEL_ACCOUNT);
+	if (!reg)
+		goto out_unlock;
+	reg->ctx = ctx;
+	reg->fam = fam;
+	reg->type = kreg.type;
+	reg->flags = kreg.flags;
+	reg->fd = -1;
+	reg->user_data = kreg.user_data;
+	INIT_LIST_HEAD(&reg->node.link);
+	reg->node.prio = prio;
+	INIT_LIST_HEAD(&reg->reap_link);
+	hrtimer_init(&reg->tmo_timer, CLOCK_MONOTONIC, HRTIMER_MODE_REL);
+	reg->tmo_timer.function = aem_tmo_fn;
+	if (kreg.flags & AEM_DISABLED)
+		reg->state |= AEM_RS_DISABLED;
+	/* Reserve the id (lookups see NULL) until setup succeeded. */
+	ret = xa_alloc_cyclic(&ctx->regs, &id, NULL, XA_LIMIT(1, INT_MAX),
+			      &ctx->next_id, GFP_KERNEL_ACCOUNT);
+	if (ret < 0)
+		goto out_free;
+	reg->id = id;
+	ctx->nregs++;
+	ret = fam->setup(reg, &kreg.arg);
+	if (ret) {
+		ctx->nregs--;
+		xa_erase(&ctx->regs, id);
+		goto out_free;
+	}
+	xa_store(&ctx->regs, id, reg, GFP_KERNEL);	/* slot exists */
+	reg->state |= AEM_RS_LIVE;
+	mutex_unlock(&ctx->mutex);
+	if (put_user(reg->id, &((struct aem_reg __user *)uarg)->id))
+		return -EFAULT;	/* the registration stays; id was returned */
+	return id;
+
+out_free:
+	kfree(reg);
+out_unlock:
+	mutex_unlock(&ctx->mutex);
+out_put:
+	module_put(fam->owner);
+	return ret;
+}
+
+static int aem_ctl_lookup(struct aem_ctx *ctx, struct aem_event *reg,
+			  void __user *uinfo)
+{
+	struct aem_reg_info info;
+	unsigned long flags;
+	int ret;
+
+	ret = aem_copy_in(&info, sizeof(info), uinfo, AEM_REG_INFO_SIZE_VER0);
+	if (ret)
+		return ret;
+	info.id = reg->id;
+	info.type = reg->type;
+	info.fd = reg->fd;
+	info.family_version = reg->fam->version;
+	info.user_data = reg->user_data;
+	info.timeout_ms = ktime_to_ms(reg->timeout);
+	spin_lock_irqsave(&ctx->lock, flags);
+	info.prio = reg->node.prio;
+	info.flags = (reg->flags & ~AEM_PRIO_FIELD) | AEM_PRIO_GIVEN |
+		     (info.prio << AEM_PRIO_SHIFT);
+	info.enabled = !(reg->state & AEM_RS_DISABLED);
+	info.pending = reg->count;
+	spin_unlock_irqrestore(&ctx->lock, flags);
+	return aem_copy_out(uinfo, &info, sizeof(info));
+}
+
+static int aem_ctl_stats(struct aem_ctx *ctx, struct aem_event *reg,
+			 void __user *ustats)
+{
+	struct aem_reg_stats st;
+	unsigned long flags;
+	int ret;
+
+	ret = aem_copy_in(&st, sizeof(st), ustats, AEM_REG_STATS_SIZE_VER0);
+	if (ret)
+		return ret;
+	if (st.reserved0)
+		return -EINVAL;
+	spin_lock_irqsave(&ctx->lock, flags);
+	st.activations = reg->stats.activations;
+	st.deliveries = reg->stats.deliveries;
+	st.merged = reg->stats.merged;
+	st.errors = reg->stats.errors;
+	st.overflows = reg->stats.overflows;
+	st.pending = reg->count;
+	spin_unlock_irqrestore(&ctx->lock, flags);
+	return aem_copy_out(ustats, &st, sizeof(st));
+}
+
+static int aem_ctl_set_prio(struct aem_ctx *ctx, struct aem_event *reg,
+			    u64 prio)
+{
+	unsigned long flags;
+
+	if (prio > AEM_PRIO_MAX)
+		return -EINVAL;
+	spin_lock_irqsave(&ctx->lock, flags);
+	if (reg->node.q == AEM_Q_QUEUED) {
+		aem_level_del(ctx, &reg->node);
+		reg->node.prio = prio;
+		aem_level_add(ctx, &reg->node, false);
+	} else {
+		reg->node.prio = prio;
+	}
+	spin_unlock_irqrestore(&ctx->lock, flags);
+	return 0;
+}
+
+static int aem_ctl_enable(struct aem_ctx *ctx, struct aem_event *reg, bool on)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&ctx->lock, flags);
+	if (on) {
+		reg->state &= ~AEM_RS_DISABLED;
+		if ((reg->count || reg->error) && reg->node.q == AEM_Q_IDLE) {
+			aem_enqueue(ctx, reg);
+			aem_pending_changed(ctx);
+		}
+	} else {
+		reg->state |= AEM_RS_DISABLED;
+		aem_dequeue(ctx, reg);
+	}
+	spin_unlock_irqrestore(&ctx->lock, flags);
+	return 0;
+}
+
+static int aem_ctl_set_timeout(struct aem_ctx *ctx, struct aem_event *reg,
+			       u64 ms)
+{
+	unsigned long flags;
+
+	if (ms > (u64)INT_MAX * MSEC_PER_SEC)
+		return -EINVAL;
+	hrtimer_cancel(&reg->tmo_timer);
+	spin_lock_irqsave(&ctx->lock, flags);
+	reg->timeout = ms_to_ktime(ms);
+	reg->last_act = ktime_get();
+	spin_unlock_irqrestore(&ctx->lock, flags);
+	if (ms)
+		hrtimer_start(&reg->tmo_timer, reg->timeout, HRTIMER_MODE_REL);
+	return 0;
+}
+
+static int aem_ioc_ctl(struct aem_ctx *ctx, void __user *uarg)
+{
+	struct aem_event *reg;
+	struct aem_ctl c;
+	int ret;
+
+	ret = aem_copy_in(&c, sizeof(c), uarg, AEM_CTL_SIZE_VER0);
+	if (ret)
+		return ret;
+	if (c.reserved0 || !c.op || c.op > AEM_CTL_MAX)
+		return -EINVAL;
+	mutex_lock(&ctx->mutex);
+	reg = aem_reg_find(ctx, c.id);
+	if (!reg) {
+		ret = -ENOENT;
+		goto out;
+	}
+	switch (c.op) {
+	case AEM_CTL_ENABLE:
+	case AEM_CTL_DISABLE:
+	case AEM_CTL_CLEAN:
+		ret = c.arg ? -EINVAL :
+		      c.op == AEM_CTL_CLEAN ? 0 :
+		      aem_ctl_enable(ctx, reg, c.op == AEM_CTL_ENABLE);
+		if (!ret && c.op == AEM_CTL_CLEAN) {
+			xa_erase(&ctx->regs, reg->id);
+			aem_reg_destroy(ctx, reg);
+		}
+		break;
+	case AEM_CTL_FILTER:
+		ret = reg->fam->filter ? reg->fam->filter(reg, c.arg) :
+		      -EOPNOTSUPP;
+		break;
+	case AEM_CTL_LOOKUP:
+		ret = aem_ctl_lookup(ctx, reg, u64_to_user_ptr(c.arg));
+		break;
+	case AEM_CTL_SET_TIMEOUT:
+		ret = aem_ctl_set_timeout(ctx, reg, c.arg);
+		break;
+	case AEM_CTL_SET_PRIO:
+		ret = aem_ctl_set_prio(ctx, reg, c.arg);
+		break;
+	case AEM_CTL_STATS:
+		ret = aem_ctl_stats(ctx, reg, u64_to_user_ptr(c.arg));
+		break;
+	}
+out:
+	mutex_unlock(&ctx->mutex);
+	return ret;
+}
+
+static int aem_ioc_raise(struct aem_ctx *ctx, void __user *uarg)
+{
+	struct aem_raise r;
+	struct aem_event *reg;
+	int ret;
+
+	ret = aem_copy_in(&r, sizeof(r), uarg, AEM_RAISE_SIZE_VER0);
+	if (ret)
+		return ret;
+	if (r.flags || r.reserved0 || !r.count)
+		return -EINVAL;
+	mutex_lock(&ctx->mutex);
+	reg = aem_reg_find(ctx, r.id);
+	if (!reg)
+		ret = -ENOENT;
+	else if (!reg->fam->raise)
+		ret = -EOPNOTSUPP;
+	else
+		ret = reg->fam->raise(reg, r.count, r.value);
+	mutex_unlock(&ctx->mutex);
+	return ret;
+}
+
+/* Pop up to @max deliveries into @buf under ctx->mutex; returns count. */
+static unsigned int aem_pop_batch(struct aem_ctx *ctx,
+				  struct aem_delivery *buf, unsigned int max)
+{
+	unsigned long flags;
+	unsigned int n = 0;
+
+	spin_lock_irqsave(&ctx->lock, flags);
+	while (n < max && aem_pop(ctx, &buf[n]))
+		n++;
+	if (!ctx->bitmap)
+		ctx->doorbell = false;	/* nothing left: re-arm */
+	aem_after_pop(ctx);
+	spin_unlock_irqrestore(&ctx->lock, flags);
+	return n;
+}
+
+static int aem_copy_deliveries(struct aem_ctx *ctx, u8 __user *dst,
+			       u32 dsize, struct aem_delivery *buf,
+			       unsigned int n)
+{
+	unsigned long flags;
+	unsigned int i;
+
+	for (i = 0; i < n; i++, dst += dsize) {
+		if (copy_to_user(dst, &buf[i], sizeof(buf[i])) ||
+		    (dsize > sizeof(buf[i]) &&
+		     clear_user(dst + sizeof(buf[i]), dsize - sizeof(buf[i]))))
+			break;
+	}
+	if (i == n)
+		return 0;
+	/* Put back what did not reach user space, most urgent first. */
+	spin_lock_irqsave(&ctx->lock, flags);
+	while (n-- > i)
+		aem_unpop(ctx, &buf[n]);
+	spin_unlock_irqrestore(&ctx->lock, flags);
+	return i ? i : -EFAULT;
+}
+
+static int aem_ioc_wait(struct aem_ctx *ctx, void __user *uarg)
+{
+	struct aem_delivery *buf;
+	unsigned long flags;
+	struct aem_wait w;
+	ktime_t deadline = 0;
+	unsigned int n, total = 0, chunk;
+	int ret;
+
+	ret = aem_copy_in(&w, sizeof(w), uarg, AEM_WAIT_SIZE_VER0);
+	if (ret)
+		return ret;
+	if (w.flags & ~AEM_WAIT_REFILL)
+		return -EINVAL;
+	if (w.flags & AEM_WAIT_REFILL) {
+		if (!ctx->ring)
+			return -EINVAL;
+		spin_lock_irqsave(&ctx->lock, flags);
+		n = aem_ring_refill(ctx);
+		aem_after_pop(ctx);
+		spin_unlock_irqrestore(&ctx->lock, flags);
+		irq_work_queue(&ctx->kick);
+		return n;
+	}
+	if (!w.max || w.max > AEM_WAIT_MAX || w.dsize < AEM_DELIVERY_SIZE_VER0 ||
+	    w.dsize > PAGE_SIZE || (w.dsize & 7))
+		return -EINVAL;
+	if (w.timeout_ns > 0)
+		deadline = ktime_add_ns(ktime_get(), w.timeout_ns);
+
+	chunk = min_t(unsigned int, w.max, AEM_WAIT_BATCH);
+	if (aem_should_fail(&aem_fail_wait_alloc))
+		return -ENOMEM;
+	buf = kmalloc_array(chunk, sizeof(*buf), GFP_KERNEL);
+	if (!buf)
+		return -ENOMEM;
+	for (;;) {
+		if (!READ_ONCE(ctx->bitmap)) {
+			if (!w.timeout_ns)
+				break;
+			if (w.timeout_ns < 0) {
+				ret = wait_event_interruptible(ctx->wq,
+						READ_ONCE(ctx->bitmap));
+			} else {
+				ktime_t left = ktime_sub(deadline, ktime_get());
+
+				if (left <= 0)
+					break;
+				ret = wait_event_interruptible_hrtimeout(ctx->wq,
+						READ_ONCE(ctx->bitmap), left);
+				if (ret == -ETIME)
+					break;
+			}
+			if (ret) {
+				ret = -EINTR;
+				goto out;
+			}
+		}
+		mutex_lock(&ctx->mutex);
+		do {
+			n = aem_pop_batch(ctx, buf,
+					  min(chunk, w.max - total));
+			ret = aem_copy_deliveries(ctx,
+				u64_to_user_ptr(w.deliveries) +
+				(size_t)total * w.dsize, w.dsize, buf, n);
+			if (ret < 0) {
+				mutex_unlock(&ctx->mutex);
+				if (total)
+					ret = total;
+				goto out;
+			}
+			if (ret) {	/* partial copy: stop here */
+				total += ret;
+				mutex_unlock(&ctx->mutex);
+				ret = total;
+				goto out;
+			}
+			total += n;
+		} while (n && total < w.max);
+		mutex_unlock(&ctx->mutex);
+		if (total)
+			break;
+	}
+	ret = total;
+out:
+	kfree(buf);
+	return ret;
+}
+
+static int aem_ioc_set_signal(struct aem_ctx *ctx, void __user *uarg)
+{
+	struct task_struct *task = NULL, *old;
+	struct aem_signal sg;
+	unsigned long flags;
+	int ret;
+
+	ret = aem_copy_in(&sg, sizeof(sg), uarg, AEM_SIGNAL_SIZE_VER0);
+	if (ret)
+		return ret;
+	if (sg.flags || sg.tid < 0 ||
+	    (sg.signo && (sg.signo < SIGRTMIN || sg.signo > SIGRTMAX)))
+		return -EINVAL;
+	if (sg.signo) {
+		if (sg.tid) {
+			struct pid *pid = find_get_pid(sg.tid);
+
+			task = pid ? get_pid_task(pid, PIDTYPE_PID) : NULL;
+			put_pid(pid);
+			if (!task)
+				return -ESRCH;
+			if (!same_thread_group(task, current)) {
+				put_task_struct(task);
+				return -ESRCH;
+			}
+		} else {
+			task = get_task_struct(current);
+		}
+	}
+	mutex_lock(&ctx->mutex);
+	spin_lock_irqsave(&ctx->lock, flags);
+	old = ctx->sig_task;
+	ctx->sig_task = task;
+	ctx->signo = sg.signo;
+	ctx->doorbell = false;
+	spin_unlock_irqrestore(&ctx->lock, flags);
+	/* A running kick may still use @old: wait for it. */
+	irq_work_sync(&ctx->kick);
+	mutex_unlock(&ctx->mutex);
+	if (old)
+		put_task_struct(old);
+	/* Something may already be pending. */
+	irq_work_queue(&ctx->kick);
+	return 0;
+}
+
+static int aem_ioc_ring_setup(struct aem_ctx *ctx, void __user *uarg)
+{
+	struct aem_ring_setup rs;
+	struct aem_ring *ring;
+	unsigned long flags;
+	int ret;
+
+	ret = aem_copy_in(&rs, sizeof(rs), uarg, AEM_RING_SETUP_SIZE_VER0);
+	if (ret)
+		return ret;
+	if (rs.flags || rs.entries_off || rs.mmap_size || rs.entries < 2 ||
+	    rs.entries > AEM_MAX_RING_ENTRIES || !is_power_of_2(rs.entries))
+		return -EINVAL;
+	if (aem_should_fail(&aem_fail_ring_alloc))
+		return -ENOMEM;
+	ring = kzalloc(sizeof(*ring), GFP_KERNEL_ACCOUNT);
+	if (!ring)
+		return -ENOMEM;
+	ring->entries = rs.entries;
+	ring->size = PAGE_ALIGN(AEM_RING_ENTRIES_OFF +
+				(size_t)rs.entries * sizeof(struct aem_delivery));
+	ring->mem = vmalloc_user(ring->size);
+	if (!ring->mem) {
+		kfree(ring);
+		return -ENOMEM;
+	}
+	ring->hdr = ring->mem;
+	ring->ents = ring->mem + AEM_RING_ENTRIES_OFF;
+	ring->hdr->mask = rs.entries - 1;
+	ring->hdr->entries = rs.entries;
+
+	mutex_lock(&ctx->mutex);
+	spin_lock_irqsave(&ctx->lock, flags);
+	if (ctx->ring) {
+		ret = -EBUSY;
+	} else {
+		/* Published under ctx->lock; never changes until release. */
+		WRITE_ONCE(ctx->ring, ring);
+		aem_ring_refill(ctx);
+		aem_after_pop(ctx);
+	}
+	spin_unlock_irqrestore(&ctx->lock, flags);
+	mutex_unlock(&ctx->mutex);
+	if (ret) {
+		vfree(ring->mem);
+		kfree(ring);
+		return ret;
+	}
+	irq_work_queue(&ctx->kick);
+	rs.entries_off = AEM_RING_ENTRIES_OFF;
+	rs.mmap_size = ring->size;
+	return aem_copy_out(uarg, &rs, sizeof(rs));
+}
+
+static int aem_ioc_info(void __user *uarg)
+{
+	struct aem_family *f;
+	struct aem_info info;
+	int ret;
+
+	ret = aem_copy_in(&info, sizeof(info), uarg, AEM_INFO_SIZE_VER0);
+	if (ret)
+		return ret;
+	memset((u8 *)&info + sizeof(info.size), 0,
+	       sizeof(info) - sizeof(info.size));
+	info.api_version = AEM_API_VERSION;
+	info.prio_levels = AEM_PRIO_LEVELS;
+	info.max_regs = READ_ONCE(max_regs);
+	info.max_pending = READ_ONCE(max_pending);
+	info.min_timer_period_ns = READ_ONCE(min_timer_period_ns);
+	info.allowed_types = READ_ONCE(allowed_types);
+	info.allowed_exec = READ_ONCE(allowed_exec);
+	info.boost_ceiling = READ_ONCE(boost_ceiling);
+	info.delivery_size = sizeof(struct aem_delivery);
+	mutex_lock(&aem_family_lock);
+	list_for_each_entry(f, &aem_families, list) {
+		info.types |= BIT(f->type);
+		if (f->version > info.family_version[f->type])
+			info.family_version[f->type] = f->version;
+	}
+	mutex_unlock(&aem_family_lock);
+	return aem_copy_out(uarg, &info, sizeof(info));
+}
+
+/* The context may only be used by the thread group (and mm) it belongs to. */
+static bool aem_is_owner(struct aem_ctx *ctx)
+{
+	return task_tgid(current) == ctx->tgid && current->mm == ctx->mm;
+}
+
+static long aem_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
+{
+	struct aem_ctx *ctx = file->private_data;
+	void __user *uarg = (void __user *)arg;
+
+	if (_IOC_TYPE(cmd) != AEM_IOC_MAGIC)
+		return -ENOTTY;
+	if (!aem_is_owner(ctx))
+		return -EOWNERDEAD;
+	switch (_IOC_NR(cmd)) {
+	case _IOC_NR(AEM_IOC_INFO):
+		return aem_ioc_info(uarg);
+	case _IOC_NR(AEM_IOC_REGISTER):
+		return aem_ioc_register(ctx, uarg);
+	case _IOC_NR(AEM_IOC_CTL):
+		return aem_ioc_ctl(ctx, uarg);
+	case _IOC_NR(AEM_IOC_WAIT):
+		return aem_ioc_wait(ctx, uarg);
+	case _IOC_NR(AEM_IOC_RAISE):
+		return aem_ioc_raise(ctx, uarg);
+	case _IOC_NR(AEM_IOC_SET_SIGNAL):
+		return aem_ioc_set_signal(ctx, uarg);
+	case _IOC_NR(AEM_IOC_RING_SETUP):
+		return aem_ioc_ring_setup(ctx, uarg);
+	}
+	return -ENOTTY;
+}
+
+static __poll_t aem_poll(struct file *file, poll_table *pt)
+{
+	struct aem_ctx *ctx = file->private_data;
+
+	if (!aem_is_owner(ctx))
+		return EPOLLERR;
+	poll_wait(file, &ctx->wq, pt);
+	if (READ_ONCE(ctx->bitmap) || aem_ring_nonempty(ctx))
+		return EPOLLIN | EPOLLRDNORM;
+	return 0;
+}
+
+/* mmap_lock is held: take ctx->lock only (see LOCKING). */
+static int aem_mmap(struct file *file, struct vm_area_struct *vma)
+{
+	struct aem_ctx *ctx = file->private_data;
+	struct aem_ring *ring;
+
+	if (!aem_is_owner(ctx))
+		return -EOWNERDEAD;
+	ring = READ_ONCE(ctx->ring);
+	if (!ring)
+		return -ENODEV;
+	if (vma->vm_pgoff || vma->vm_end - vma->vm_start > ring->size)
+		return -EINVAL;
+	if (!(vma->vm_flags & VM_SHARED) || (vma->vm_flags & VM_EXEC))
+		return -EINVAL;
+	/* A forked child must not share the consumer state. */
+	vma->vm_flags |= VM_DONTCOPY;
+	return remap_vmalloc_range(vma, ring->mem, 0);
+}
+
+static int aem_open(struct inode *inode, struct file *file)
+{
+	struct aem_ctx *ctx;
+	int i;
+
+	if (aem_should_fail(&aem_fail_ctx_alloc))
+		return -ENOMEM;
+	ctx = kzalloc(sizeof(*ctx), GFP_KERNEL_ACCOUNT);
+	if (!ctx)
+		return -ENOMEM;
+	spin_lock_init(&ctx->lock);
+	for (i = 0; i < AEM_PRIO_LEVELS; i++)
+		INIT_LIST_HEAD(&ctx->level[i]);
+	INIT_LIST_HEAD(&ctx->overflow);
+	INIT_LIST_HEAD(&ctx->reap);
+	INIT_LIST_HEAD(&ctx->overload.link);
+	ctx->overload.prio = AEM_PRIO_MAX;
+	init_waitqueue_head(&ctx->wq);
+	init_irq_work(&ctx->kick, aem_kick_fn);
+	INIT_WORK(&ctx->reap_work, aem_reap_fn);
+	mutex_init(&ctx->mutex);
+	xa_init_flags(&ctx->regs, XA_FLAGS_ALLOC1 | XA_FLAGS_ACCOUNT);
+	ctx->tgid = get_pid(task_tgid(current));
+	ctx->mm = current->mm;
+	if (ctx->mm)
+		mmgrab(ctx->mm);
+	file->private_data = ctx;
+	return 0;
+}
+
+static int aem_release(struct inode *inode, struct file *file)
+{
+	struct aem_ctx *ctx = file->private_data;
+	struct aem_event *reg;
+	unsigned long idx;
+
+	mutex_lock(&ctx->mutex);
+	xa_for_each(&ctx->regs, idx, reg) {
+		xa_erase(&ctx->regs, idx);
+		aem_reg_destroy(ctx, reg);
+		cond_resched();
+	}
+	mutex_unlock(&ctx->mutex);
+	/* No registration is left to activate, pop or time out. */
+	cancel_work_sync(&ctx->reap_work);
+	irq_work_sync(&ctx->kick);
+	WARN_ON_ONCE(ctx->bitmap & ~BIT_ULL(AEM_PRIO_MAX));
+	if (ctx->sig_task)
+		put_task_struct(ctx->sig_task);
+	if (ctx->ring) {
+		vfree(ctx->ring->mem);
+		kfree(ctx->ring);
+	}
+	xa_destroy(&ctx->regs);
+	put_pid(ctx->tgid);
+	if (ctx->mm)
+		mmdrop(ctx->mm);
+	mutex_destroy(&ctx->mutex);
+	kfree(ctx);
+	return 0;
+}
+
+static const struct file_operations aem_fops = {
+	.owner		= THIS_MODULE,
+	.open		= aem_open,
+	.release	= aem_release,
+	.unlocked_ioctl	= aem_ioctl,
+	.compat_ioctl	= compat_ptr_ioctl,
+	.poll		= aem_poll,
+	.mmap		= aem_mmap,
+	.llseek		= noop_llseek,
+};
+
+static struct miscdevice aem_misc = {
+	.minor	= MISC_DYNAMIC_MINOR,
+	.name	= "aem",
+	.fops	= &aem_fops,
+	.mode	= 0666,
+};
+
+static int __init aem_init(void)
+{
+	int ret;
+
+	ret = misc_register(&aem_misc);
+	if (ret)
+		return ret;
+	aem_debugfs = debugfs_create_dir("aem", NULL);
+	aem_fault_debugfs(aem_debugfs, &aem_fail_ctx_alloc);
+	aem_fault_debugfs(aem_debugfs, &aem_fail_reg_alloc);
+	aem_fault_debugfs(aem_debugfs, &aem_fail_ring_alloc);
+	aem_fault_debugfs(aem_debugfs, &aem_fail_wait_alloc);
+	pr_info("AEM core, API version %d\n", AEM_API_VERSION);
+	return 0;
+}
+
+static void __exit aem_exit(void)
+{
+	debugfs_remove(aem_debugfs);
+	misc_deregister(&aem_misc);
+}
+
+module_init(aem_init);
+module_exit(aem_exit);
+
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("AEM: Asynchronous Event Mechanism core (/dev/aem)");
+MODULE_VERSION("1.0");

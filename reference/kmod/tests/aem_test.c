@@ -1,0 +1,1029 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * aem_test: exercises the /dev/aem ioctls directly and prints KTAP.
+ * Needs aem.ko, aem_timer.ko and aem_soft.ko loaded; the overload and
+ * fault-injection tests also need /sys/module/aem/parameters and debugfs
+ * (they are skipped without). Build static so it runs in an initramfs.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <linux/aem.h>
+
+#define NTESTS 24
+
+static int test_no;
+static int failures;
+static int dev_fd = -1;
+static char diag[512];
+
+static void fail(const char *fmt, ...)
+{
+	va_list ap;
+
+	if (diag[0])
+		return;	/* keep the first reason */
+	va_start(ap, fmt);
+	vsnprintf(diag, sizeof(diag), fmt, ap);
+	va_end(ap);
+}
+
+#define CHECK(cond, ...) do { if (!(cond)) { fail(__VA_ARGS__); return; } } while (0)
+
+static void report(const char *name, const char *skip)
+{
+	test_no++;
+	if (skip) {
+		printf("ok %d %s # SKIP %s\n", test_no, name, skip);
+	} else if (diag[0]) {
+		printf("# %s: %s\n", name, diag);
+		printf("not ok %d %s\n", test_no, name);
+		failures++;
+	} else {
+		printf("ok %d %s\n", test_no, name);
+	}
+	fflush(stdout);
+	diag[0] = 0;
+}
+
+static uint64_t now_ns(clockid_t clk)
+{
+	struct timespec ts;
+
+	clock_gettime(clk, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
+}
+
+static void sleep_ms(unsigned int ms)
+{
+	struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+
+	while (nanosleep(&ts, &ts) && errno == EINTR)
+		;
+}
+
+/* ---- thin ioctl wrappers: return value or -errno ---- */
+
+static int xioctl(int fd, unsigned long cmd, void *arg)
+{
+	int r = ioctl(fd, cmd, arg);
+
+	return r < 0 ? -errno : r;
+}
+
+static int reg_raw(int fd, uint32_t type, uint32_t flags, int64_t v, int64_t p)
+{
+	struct aem_reg r = { .size = sizeof(r), .type = type, .flags = flags,
+			     .user_data = 0xfeed };
+
+	if (type == AEM_EV_TIMER) {
+		r.arg.timer.value_ns = v;
+		r.arg.timer.period_ns = p;
+	}
+	return xioctl(fd, AEM_IOC_REGISTER, &r);
+}
+
+static int reg_soft(int fd, uint32_t flags)
+{
+	return reg_raw(fd, AEM_EV_SOFT, flags, 0, 0);
+}
+
+static int ctl(int fd, int id, unsigned int op, uint64_t arg)
+{
+	struct aem_ctl c = { .size = sizeof(c), .id = id, .op = op, .arg = arg };
+
+	return xioctl(fd, AEM_IOC_CTL, &c);
+}
+
+static int raise_ev(int fd, int id, uint64_t count, uint64_t value)
+{
+	struct aem_raise r = { .size = sizeof(r), .id = id, .count = count,
+			       .value = value };
+
+	return xioctl(fd, AEM_IOC_RAISE, &r);
+}
+
+static int wait_ev(int fd, struct aem_delivery *d, unsigned int max,
+		   int64_t timeout_ns)
+{
+	struct aem_wait w = { .size = sizeof(w), .deliveries = (uintptr_t)d,
+			      .max = max, .dsize = sizeof(*d),
+			      .timeout_ns = timeout_ns };
+
+	return xioctl(fd, AEM_IOC_WAIT, &w);
+}
+
+static int stats(int fd, int id, struct aem_reg_stats *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->size = sizeof(*st);
+	return ctl(fd, id, AEM_CTL_STATS, (uintptr_t)st);
+}
+
+static int lookup(int fd, int id, struct aem_reg_info *info)
+{
+	memset(info, 0, sizeof(*info));
+	info->size = sizeof(*info);
+	return ctl(fd, id, AEM_CTL_LOOKUP, (uintptr_t)info);
+}
+
+/* Pop everything pending now; returns the number of deliveries. */
+static int drain(int fd, struct aem_delivery *d, unsigned int max)
+{
+	int n, total = 0;
+
+	while ((unsigned int)total < max &&
+	       (n = wait_ev(fd, d + total, max - total, 0)) > 0)
+		total += n;
+	return total;
+}
+
+static int write_param(const char *path, const char *val)
+{
+	int fd = open(path, O_WRONLY);
+	ssize_t n;
+
+	if (fd < 0)
+		return -errno;
+	n = write(fd, val, strlen(val));
+	close(fd);
+	return n < 0 ? -errno : 0;
+}
+
+static int read_param(const char *path, char *buf, size_t len)
+{
+	int fd = open(path, O_RDONLY);
+	ssize_t n;
+
+	if (fd < 0)
+		return -errno;
+	n = read(fd, buf, len - 1);
+	close(fd);
+	if (n < 0)
+		return -errno;
+	buf[n] = 0;
+	return 0;
+}
+
+/* ---- tests ---- */
+
+static void t_info(void)
+{
+	struct aem_info info = { .size = sizeof(info) };
+	int r = xioctl(dev_fd, AEM_IOC_INFO, &info);
+
+	CHECK(r == 0, "INFO %d", r);
+	CHECK(info.api_version == AEM_API_VERSION, "api %u", info.api_version);
+	CHECK(info.types & (1u << AEM_EV_TIMER), "no timer family");
+	CHECK(info.types & (1u << AEM_EV_SOFT), "no soft family");
+	CHECK(info.prio_levels == AEM_PRIO_LEVELS, "levels");
+	CHECK(info.delivery_size == sizeof(struct aem_delivery), "dsize");
+	CHECK(info.family_version[AEM_EV_SOFT] >= 1, "soft version");
+}
+
+static void t_register_clean(void)
+{
+	struct aem_reg r = { .size = sizeof(r), .type = AEM_EV_SOFT,
+			     .flags = AEM_PRIO(7) };
+	struct aem_reg_info info;
+	int id = xioctl(dev_fd, AEM_IOC_REGISTER, &r);
+
+	CHECK(id > 0, "register %d", id);
+	CHECK(r.id == id, "id out %d != %d", r.id, id);
+	CHECK(lookup(dev_fd, id, &info) == 0, "lookup");
+	CHECK(info.id == id && info.type == AEM_EV_SOFT && info.prio == 7 &&
+	      info.enabled == 1 && info.fd == -1, "lookup fields");
+	CHECK(ctl(dev_fd, id, AEM_CTL_CLEAN, 0) == 0, "clean");
+	CHECK(ctl(dev_fd, id, AEM_CTL_CLEAN, 0) == -ENOENT, "clean twice");
+	CHECK(lookup(dev_fd, id, &info) == -ENOENT, "lookup after clean");
+	CHECK(raise_ev(dev_fd, id, 1, 0) == -ENOENT, "raise after clean");
+}
+
+static int cmp_int(const void *a, const void *b)
+{
+	return *(const int *)a - *(const int *)b;
+}
+
+static void t_id_unique(void)
+{
+	enum { N = 2000 };
+	static int ids[N + N / 2];
+	int i, fd = open("/dev/aem", O_RDWR | O_CLOEXEC);
+
+	CHECK(fd >= 0, "open");
+	for (i = 0; i < N; i++) {
+		ids[i] = reg_soft(fd, 0);
+		CHECK(ids[i] > 0, "register %d: %d", i, ids[i]);
+	}
+	/* Clean every other one, register more: no id of a live one. */
+	for (i = 0; i < N; i += 2)
+		CHECK(ctl(fd, ids[i], AEM_CTL_CLEAN, 0) == 0, "clean");
+	for (i = 0; i < N / 2; i++)
+		ids[i * 2] = reg_soft(fd, 0);
+	for (i = N; i < N + N / 2; i++)
+		ids[i] = reg_soft(fd, 0);
+	qsort(ids, N + N / 2, sizeof(int), cmp_int);
+	for (i = 0; i < N + N / 2; i++) {
+		CHECK(ids[i] > 0, "bad id %d", ids[i]);
+		CHECK(!i || ids[i] != ids[i - 1], "duplicate id %d", ids[i]);
+	}
+	close(fd);
+}
+
+static void t_invalid(void)
+{
+	struct aem_reg r;
+	struct aem_ctl c;
+	struct aem_delivery d[2];
+	struct aem_wait w;
+	char big[8192];
+	int id, tid;
+
+#define REG0() (memset(&r, 0, sizeof(r)), r.size = sizeof(r), r.type = AEM_EV_SOFT)
+	REG0(); r.size = 8;
+	CHECK(xioctl(dev_fd, AEM_IOC_REGISTER, &r) == -EINVAL, "small size");
+	REG0(); r.size = 65536;
+	CHECK(xioctl(dev_fd, AEM_IOC_REGISTER, &r) == -E2BIG, "huge size");
+	memset(big, 0, sizeof(big));
+	REG0(); memcpy(big, &r, sizeof(r));
+	((struct aem_reg *)big)->size = sizeof(r) + 16;
+	CHECK(xioctl(dev_fd, AEM_IOC_REGISTER, big) > 0, "bigger zero tail");
+	big[sizeof(r) + 3] = 1;
+	CHECK(xioctl(dev_fd, AEM_IOC_REGISTER, big) == -E2BIG, "nonzero tail");
+	REG0(); r.reserved0 = 1;
+	CHECK(xioctl(dev_fd, AEM_IOC_REGISTER, &r) == -EINVAL, "reserved0");
+	REG0(); r.flags = 0x40000000u;
+	CHECK(xioctl(dev_fd, AEM_IOC_REGISTER, &r) == -EINVAL, "unknown flag");
+	REG0(); r.flags = AEM_EXEC_MASK;
+	CHECK(xioctl(dev_fd, AEM_IOC_REGISTER, &r) == -EINVAL, "exec 3");
+	REG0(); r.flags = AEM_PRIO(64);
+	CHECK(xioctl(dev_fd, AEM_IOC_REGISTER, &r) == -EINVAL, "prio 64");
+	REG0(); r.flags = AEM_PRIO(-1);
+	CHECK(xioctl(dev_fd, AEM_IOC_REGISTER, &r) == -EINVAL, "prio -1");
+	REG0(); r.flags = 5u << AEM_PRIO_SHIFT;
+	CHECK(xioctl(dev_fd, AEM_IOC_REGISTER, &r) == -EINVAL, "prio w/o given");
+	REG0(); r.flags = AEM_EDGE | AEM_LEVEL;
+	CHECK(xioctl(dev_fd, AEM_IOC_REGISTER, &r) == -EINVAL, "edge+level");
+	REG0(); r.type = 0;
+	CHECK(xioctl(dev_fd, AEM_IOC_REGISTER, &r) == -EINVAL, "type 0");
+	REG0(); r.type = 99;
+	CHECK(xioctl(dev_fd, AEM_IOC_REGISTER, &r) == -EINVAL, "type 99");
+	REG0(); r.type = AEM_EV_ACCEPT;
+	CHECK(xioctl(dev_fd, AEM_IOC_REGISTER, &r) == -EOPNOTSUPP, "no family");
+	REG0(); r.family_version = 999;
+	CHECK(xioctl(dev_fd, AEM_IOC_REGISTER, &r) == -EOPNOTSUPP, "version");
+	REG0(); r.arg.raw[0] = 1;
+	CHECK(xioctl(dev_fd, AEM_IOC_REGISTER, &r) == -EINVAL, "soft arg");
+	REG0(); r.id = 5;
+	CHECK(xioctl(dev_fd, AEM_IOC_REGISTER, &r) == -EINVAL, "id in");
+	REG0(); r.type = AEM_EV_TIMER; r.arg.timer.value_ns = -1;
+	CHECK(xioctl(dev_fd, AEM_IOC_REGISTER, &r) == -EINVAL, "timer < 0");
+	REG0(); r.type = AEM_EV_TIMER; r.arg.timer.value_ns = 1000000;
+	r.arg.timer.period_ns = 10;
+	CHECK(xioctl(dev_fd, AEM_IOC_REGISTER, &r) == -EINVAL, "period < min");
+	REG0(); r.type = AEM_EV_TIMER; r.arg.timer.value_ns = 1000000;
+	r.arg.raw[2] = 1;
+	CHECK(xioctl(dev_fd, AEM_IOC_REGISTER, &r) == -EINVAL, "timer tail");
+	CHECK(xioctl(dev_fd, AEM_IOC_REGISTER, NULL) == -EFAULT, "NULL");
+
+	id = reg_soft(dev_fd, 0);
+	CHECK(id > 0, "register");
+	CHECK(ctl(dev_fd, 0, AEM_CTL_ENABLE, 0) == -ENOENT, "id 0");
+	CHECK(ctl(dev_fd, -3, AEM_CTL_ENABLE, 0) == -ENOENT, "id -3");
+	CHECK(ctl(dev_fd, 0x7ffffff0, AEM_CTL_ENABLE, 0) == -ENOENT, "id big");
+	CHECK(ctl(dev_fd, id, 0, 0) == -EINVAL, "op 0");
+	CHECK(ctl(dev_fd, id, 99, 0) == -EINVAL, "op 99");
+	CHECK(ctl(dev_fd, id, AEM_CTL_ENABLE, 1) == -EINVAL, "enable arg");
+	CHECK(ctl(dev_fd, id, AEM_CTL_SET_PRIO, 64) == -EINVAL, "set prio 64");
+	CHECK(ctl(dev_fd, id, AEM_CTL_FILTER, 1) == -EOPNOTSUPP, "filter");
+	CHECK(ctl(dev_fd, id, AEM_CTL_LOOKUP, 16) == -EFAULT, "lookup ptr");
+	memset(&c, 0, sizeof(c));
+	c.size = sizeof(c); c.id = id; c.op = AEM_CTL_ENABLE; c.reserved0 = 1;
+	CHECK(xioctl(dev_fd, AEM_IOC_CTL, &c) == -EINVAL, "ctl reserved");
+	c.reserved0 = 0; c.size = 4;
+	CHECK(xioctl(dev_fd, AEM_IOC_CTL, &c) == -EINVAL, "ctl size");
+	CHECK(raise_ev(dev_fd, id, 0, 0) == -EINVAL, "raise 0");
+	tid = reg_raw(dev_fd, AEM_EV_TIMER, 0, 1000000000, 0);
+	CHECK(tid > 0, "timer");
+	CHECK(raise_ev(dev_fd, tid, 1, 0) == -EOPNOTSUPP, "raise timer");
+	CHECK(wait_ev(dev_fd, d, 0, 0) == -EINVAL, "wait max 0");
+	memset(&w, 0, sizeof(w));
+	w.size = sizeof(w); w.deliveries = (uintptr_t)d; w.max = 1; w.dsize = 8;
+	CHECK(xioctl(dev_fd, AEM_IOC_WAIT, &w) == -EINVAL, "wait dsize");
+	w.dsize = sizeof(d[0]); w.flags = 0x80;
+	CHECK(xioctl(dev_fd, AEM_IOC_WAIT, &w) == -EINVAL, "wait flags");
+	w.flags = AEM_WAIT_REFILL;
+	CHECK(xioctl(dev_fd, AEM_IOC_WAIT, &w) == -EINVAL, "refill w/o ring");
+	CHECK(xioctl(dev_fd, _IO(AEM_IOC_MAGIC, 0x7f), NULL) == -ENOTTY,
+	      "unknown ioctl");
+	CHECK(ctl(dev_fd, id, AEM_CTL_CLEAN, 0) == 0, "clean");
+	CHECK(ctl(dev_fd, tid, AEM_CTL_CLEAN, 0) == 0, "clean timer");
+#undef REG0
+}
+
+struct raiser {
+	int fd, id, n;
+	int errors;
+};
+
+static void *raiser_fn(void *p)
+{
+	struct raiser *r = p;
+	int i;
+
+	for (i = 0; i < r->n; i++)
+		if (raise_ev(r->fd, r->id, 1, i) != 0)
+			r->errors++;
+	return NULL;
+}
+
+static void t_soft_threads(void)
+{
+	enum { T = 4, N = 5000 };
+	struct raiser rs[T];
+	pthread_t th[T];
+	struct aem_delivery d[64];
+	struct aem_reg_stats st;
+	uint64_t got = 0;
+	int i, n, id = reg_soft(dev_fd, 0);
+
+	CHECK(id > 0, "register");
+	for (i = 0; i < T; i++) {
+		rs[i] = (struct raiser){ dev_fd, id, N, 0 };
+		pthread_create(&th[i], NULL, raiser_fn, &rs[i]);
+	}
+	/* Consume while they raise. */
+	for (;;) {
+		n = wait_ev(dev_fd, d, 64, 20000000);
+		CHECK(n >= 0, "wait %d", n);
+		for (i = 0; i < n; i++) {
+			CHECK(d[i].id == id, "foreign id %d", d[i].id);
+			got += d[i].count;
+		}
+		if (got == (uint64_t)T * N)
+			break;
+		if (!n) {
+			int done = 1;
+
+			for (i = 0; i < T; i++)
+				done &= pthread_tryjoin_np(th[i], NULL) == 0 ||
+					rs[i].n < 0;
+			if (done)
+				break;
+		}
+	}
+	for (i = 0; i < T; i++) {
+		pthread_join(th[i], NULL);
+		CHECK(!rs[i].errors, "raise errors");
+	}
+	got += 0;
+	n = drain(dev_fd, d, 64);
+	for (i = 0; i < n; i++)
+		got += d[i].count;
+	CHECK(stats(dev_fd, id, &st) == 0, "stats");
+	CHECK(got == (uint64_t)T * N, "got %llu of %d", (unsigned long long)got, T * N);
+	CHECK(st.activations == (uint64_t)T * N && st.pending == 0,
+	      "stats act %llu pend %llu", (unsigned long long)st.activations,
+	      (unsigned long long)st.pending);
+	CHECK(st.merged + st.deliveries == st.activations, "merged+deliveries");
+	CHECK(raise_ev(dev_fd, id, 1000000, 42) == 0, "raise many");
+	CHECK(wait_ev(dev_fd, d, 4, 0) == 1 && d[0].count == 1000000 &&
+	      d[0].value == 42 && d[0].user_data == 0xfeed, "big count/value");
+	CHECK(ctl(dev_fd, id, AEM_CTL_CLEAN, 0) == 0, "clean");
+}
+
+static void t_timer_periodic(void)
+{
+	const int64_t period = 20000000;	/* 20 ms */
+	struct aem_delivery d[16];
+	struct aem_reg_stats st;
+	uint64_t t0, t1, got = 0, expect;
+	int i, n, id;
+
+	t0 = now_ns(CLOCK_MONOTONIC);
+	id = reg_raw(dev_fd, AEM_EV_TIMER, 0, period, period);
+	CHECK(id > 0, "register %d", id);
+	sleep_ms(230);		/* sleep through ~11 periods, consume nothing */
+	n = drain(dev_fd, d, 16);
+	t1 = now_ns(CLOCK_MONOTONIC);
+	CHECK(n == 1, "one merged delivery expected, got %d", n);
+	got = d[0].count;
+	CHECK(d[0].value == d[0].count, "value %llu", (unsigned long long)d[0].value);
+	expect = (t1 - t0) / period;
+	CHECK(got >= 8 && got <= expect + 1, "expirations %llu, elapsed %llu periods",
+	      (unsigned long long)got, (unsigned long long)expect);
+	sleep_ms(110);
+	/* The invariant is exact: activations = delivered + pending. */
+	n = drain(dev_fd, d, 16);
+	for (i = 0; i < n; i++)
+		got += d[i].count;
+	CHECK(stats(dev_fd, id, &st) == 0, "stats");
+	CHECK(st.activations == got + st.pending,
+	      "activations %llu != delivered %llu + pending %llu",
+	      (unsigned long long)st.activations, (unsigned long long)got,
+	      (unsigned long long)st.pending);
+	expect = (now_ns(CLOCK_MONOTONIC) - t0) / period;
+	CHECK(st.activations <= expect + 1 && st.activations + 3 >= expect,
+	      "activations %llu vs elapsed %llu",
+	      (unsigned long long)st.activations, (unsigned long long)expect);
+	CHECK(ctl(dev_fd, id, AEM_CTL_CLEAN, 0) == 0, "clean");
+}
+
+static void t_timer_oneshot_abs(void)
+{
+	struct aem_delivery d[4];
+	uint64_t t0 = now_ns(CLOCK_REALTIME);
+	int n, id, id2;
+
+	id = reg_raw(dev_fd, AEM_EV_TIMER, AEM_ABSTIME | AEM_REALTIME,
+		     (int64_t)t0 + 30000000, 0);
+	CHECK(id > 0, "register %d", id);
+	/* Absolute in the past, periodic: overruns counted at once. */
+	id2 = reg_raw(dev_fd, AEM_EV_TIMER, AEM_ABSTIME,
+		      (int64_t)now_ns(CLOCK_MONOTONIC) - 1000000000, 100000000);
+	CHECK(id2 > 0, "register past %d", id2);
+	n = wait_ev(dev_fd, d, 4, 1000000000);
+	CHECK(n >= 1, "wait %d", n);
+	CHECK(d[0].id == id2 && d[0].count >= 10 && d[0].count <= 12,
+	      "past periodic count %llu (id %d)", (unsigned long long)d[0].count, d[0].id);
+	CHECK(ctl(dev_fd, id2, AEM_CTL_CLEAN, 0) == 0, "clean past");
+	n = drain(dev_fd, d, 4);
+	if (!n)
+		n = wait_ev(dev_fd, d, 4, 2000000000);
+	CHECK(n == 1 && d[0].id == id && d[0].count == 1, "oneshot n %d", n);
+	CHECK(now_ns(CLOCK_REALTIME) >= t0 + 30000000, "fired early");
+	CHECK(wait_ev(dev_fd, d, 4, 80000000) == 0, "fired twice");
+	CHECK(ctl(dev_fd, id, AEM_CTL_CLEAN, 0) == 0, "clean");
+}
+
+static void t_priority_order(void)
+{
+	static const int prio[] = { 5, 60, 32, 60, 0, 63, 32, 1 };
+	enum { N = sizeof(prio) / sizeof(prio[0]) };
+	int ids[N], i, j, n, pos[N];
+	struct aem_delivery d[N + 2];
+
+	for (i = 0; i < N; i++) {
+		ids[i] = reg_soft(dev_fd, AEM_PRIO(prio[i]));
+		CHECK(ids[i] > 0, "register");
+	}
+	for (i = 0; i < N; i++)
+		CHECK(raise_ev(dev_fd, ids[i], 1, i) == 0, "raise");
+	n = 0;
+	for (i = 0; i < N; i++)	/* one at a time: strict order per pop */
+		n += wait_ev(dev_fd, d + n, 1, 0);
+	CHECK(n == N, "got %d", n);
+	for (i = 0; i < N; i++) {
+		for (j = 0; j < N && ids[j] != d[i].id; j++)
+			;
+		CHECK(j < N, "unknown id");
+		pos[i] = j;
+		CHECK((int)d[i].prio == prio[j], "prio field");
+		CHECK(!i || prio[pos[i - 1]] > prio[j] ||
+		      (prio[pos[i - 1]] == prio[j] && pos[i - 1] < j),
+		      "order: %d after %d", prio[j], prio[pos[i - 1]]);
+	}
+	/* SET_PRIO moves a pending one. */
+	CHECK(raise_ev(dev_fd, ids[4], 1, 0) == 0 &&
+	      raise_ev(dev_fd, ids[5], 1, 0) == 0, "raise");
+	CHECK(ctl(dev_fd, ids[4], AEM_CTL_SET_PRIO, AEM_PRIO_MAX) == 0, "setprio");
+	CHECK(wait_ev(dev_fd, d, 2, 0) == 2 && d[0].id == ids[5] &&
+	      d[1].id == ids[4] && d[1].prio == AEM_PRIO_MAX, "after set prio");
+	for (i = 0; i < N; i++)
+		ctl(dev_fd, ids[i], AEM_CTL_CLEAN, 0);
+}
+
+static void t_disable_enable(void)
+{
+	struct aem_delivery d[4];
+	struct aem_reg_info info;
+	int id = reg_soft(dev_fd, AEM_DISABLED);
+
+	CHECK(id > 0, "register");
+	CHECK(lookup(dev_fd, id, &info) == 0 && info.enabled == 0, "disabled");
+	CHECK(raise_ev(dev_fd, id, 2, 7) == 0, "raise");
+	CHECK(wait_ev(dev_fd, d, 4, 10000000) == 0, "delivered while disabled");
+	CHECK(ctl(dev_fd, id, AEM_CTL_ENABLE, 0) == 0, "enable");
+	CHECK(raise_ev(dev_fd, id, 1, 8) == 0, "raise");
+	CHECK(ctl(dev_fd, id, AEM_CTL_DISABLE, 0) == 0, "disable");
+	CHECK(lookup(dev_fd, id, &info) == 0 && info.pending == 3 && !info.enabled,
+	      "pending %llu", (unsigned long long)info.pending);
+	CHECK(wait_ev(dev_fd, d, 4, 0) == 0, "delivered while disabled 2");
+	CHECK(ctl(dev_fd, id, AEM_CTL_ENABLE, 0) == 0, "enable");
+	CHECK(wait_ev(dev_fd, d, 4, 0) == 1 && d[0].count == 3 && d[0].value == 8,
+	      "held occurrences");
+	CHECK(ctl(dev_fd, id, AEM_CTL_CLEAN, 0) == 0, "clean");
+}
+
+static void t_per_occurrence_oneshot(void)
+{
+	struct aem_delivery d[8];
+	int a = reg_soft(dev_fd, AEM_PER_OCCURRENCE);
+	int b = reg_soft(dev_fd, AEM_ONESHOT);
+	int n;
+
+	CHECK(a > 0 && b > 0, "register");
+	CHECK(raise_ev(dev_fd, a, 3, 1) == 0 && raise_ev(dev_fd, b, 2, 1) == 0,
+	      "raise");
+	n = drain(dev_fd, d, 8);
+	CHECK(n == 4, "n %d", n);
+	/* FIFO at one level: a, b, a, a (a re-queued behind b). */
+	CHECK(d[0].id == a && d[0].count == 1 && d[1].id == b &&
+	      d[1].count == 2 && (d[1].flags & AEM_DLV_FINAL) &&
+	      d[2].id == a && d[3].id == a && d[3].count == 1, "sequence");
+	CHECK(ctl(dev_fd, b, AEM_CTL_LOOKUP, 0) == -ENOENT, "oneshot gone");
+	CHECK(raise_ev(dev_fd, b, 1, 0) == -ENOENT, "oneshot raise");
+	CHECK(ctl(dev_fd, a, AEM_CTL_CLEAN, 0) == 0, "clean");
+}
+
+static void t_timeout(void)
+{
+	struct aem_delivery d[4];
+	uint64_t t0 = now_ns(CLOCK_MONOTONIC);
+	int id = reg_soft(dev_fd, 0), keep = reg_soft(dev_fd, 0), n;
+
+	CHECK(id > 0 && keep > 0, "register");
+	CHECK(ctl(dev_fd, id, AEM_CTL_SET_TIMEOUT, 50) == 0, "set timeout");
+	CHECK(ctl(dev_fd, keep, AEM_CTL_SET_TIMEOUT, 100) == 0, "set timeout");
+	/* Keep one alive by activating it every 40 ms. */
+	for (n = 0; n < 5; n++) {
+		sleep_ms(40);
+		raise_ev(dev_fd, keep, 1, 0);
+	}
+	n = drain(dev_fd, d, 4);
+	CHECK(n >= 1, "nothing");
+	CHECK(d[0].id == id && d[0].error == -ETIMEDOUT &&
+	      (d[0].flags & AEM_DLV_FINAL), "timeout delivery id %d err %d",
+	      d[0].id, d[0].error);
+	CHECK(now_ns(CLOCK_MONOTONIC) - t0 >= 50000000, "early");
+	CHECK(ctl(dev_fd, id, AEM_CTL_CLEAN, 0) == -ENOENT, "timed-out id alive");
+	CHECK(ctl(dev_fd, keep, AEM_CTL_SET_TIMEOUT, 0) == 0, "keep alive");
+	CHECK(ctl(dev_fd, keep, AEM_CTL_CLEAN, 0) == 0, "clean");
+}
+
+static const char *pmax = "/sys/module/aem/parameters/max_pending";
+
+static void t_overload(void)
+{
+	enum { N = 10, LIM = 4 };
+	struct aem_delivery d[N + 4];
+	struct aem_reg_stats st;
+	char old[32];
+	int ids[N], i, n, seen = 0;
+
+	if (read_param(pmax, old, sizeof(old)) || write_param(pmax, "4")) {
+		fail("cannot set %s", pmax);
+		return;
+	}
+	for (i = 0; i < N; i++) {
+		ids[i] = reg_soft(dev_fd, 0);
+		if (ids[i] < 0)
+			break;
+		raise_ev(dev_fd, ids[i], i + 1, 0);
+	}
+	n = drain(dev_fd, d, N + 4);
+	write_param(pmax, old);
+	CHECK(i == N, "register");
+	CHECK(n == N + 1, "deliveries %d", n);
+	CHECK(d[0].id == 0 && d[0].type == AEM_EV_OVERLOAD &&
+	      d[0].error == -EOVERFLOW && d[0].count == N - LIM,
+	      "overload first: id %d err %d count %llu", d[0].id, d[0].error,
+	      (unsigned long long)d[0].count);
+	for (i = 1; i <= N; i++) {
+		CHECK(d[i].id == ids[i - 1] && d[i].count == (uint64_t)i,
+		      "delivery %d id %d count %llu", i, d[i].id,
+		      (unsigned long long)d[i].count);
+		seen++;
+	}
+	CHECK(stats(dev_fd, ids[N - 1], &st) == 0 && st.overflows == 1,
+	      "overflow stat");
+	for (i = 0; i < N; i++)
+		ctl(dev_fd, ids[i], AEM_CTL_CLEAN, 0);
+	CHECK(seen == N, "seen");
+}
+
+static void t_poll(void)
+{
+	struct pollfd p = { .fd = dev_fd, .events = POLLIN };
+	struct aem_delivery d[2];
+	int id = reg_soft(dev_fd, 0);
+
+	CHECK(id > 0, "register");
+	CHECK(poll(&p, 1, 0) == 0, "readable while empty");
+	CHECK(raise_ev(dev_fd, id, 1, 0) == 0, "raise");
+	CHECK(poll(&p, 1, 1000) == 1 && (p.revents & POLLIN), "not readable");
+	CHECK(wait_ev(dev_fd, d, 2, 0) == 1, "wait");
+	CHECK(poll(&p, 1, 0) == 0, "readable after drain");
+	ctl(dev_fd, id, AEM_CTL_CLEAN, 0);
+}
+
+struct poller {
+	int fd;
+	int ready;
+};
+
+static void *poller_fn(void *arg)
+{
+	struct poller *pl = arg;
+	struct pollfd p = { .fd = pl->fd, .events = POLLIN };
+
+	pl->ready = poll(&p, 1, 3000);
+	return NULL;
+}
+
+static void t_wait_blocking(void)
+{
+	struct aem_delivery d[2];
+	struct poller pl = { dev_fd, -1 };
+	pthread_t th;
+	uint64_t t0;
+	int n, id = reg_raw(dev_fd, AEM_EV_TIMER, 0, 60000000, 0);
+
+	CHECK(id > 0, "register");
+	pthread_create(&th, NULL, poller_fn, &pl);
+	t0 = now_ns(CLOCK_MONOTONIC);
+	n = wait_ev(dev_fd, d, 2, 10000000);
+	CHECK(n == 0, "10ms wait got %d", n);
+	CHECK(now_ns(CLOCK_MONOTONIC) - t0 >= 10000000, "returned early");
+	n = wait_ev(dev_fd, d, 2, -1);	/* until the timer fires */
+	CHECK(n == 1 && d[0].id == id, "blocking wait %d", n);
+	CHECK(now_ns(CLOCK_MONOTONIC) - t0 >= 60000000, "timer early");
+	pthread_join(th, NULL);
+	CHECK(pl.ready == 1, "poll in a thread woke with %d", pl.ready);
+	ctl(dev_fd, id, AEM_CTL_CLEAN, 0);
+}
+
+static void on_usr1(int sig)
+{
+	(void)sig;
+}
+
+static void *kicker_fn(void *arg)
+{
+	sleep_ms(50);
+	pthread_kill(*(pthread_t *)arg, SIGUSR1);
+	return NULL;
+}
+
+static void t_wait_eintr(void)
+{
+	struct sigaction sa = { .sa_handler = on_usr1 };	/* no SA_RESTART */
+	struct aem_delivery d[1];
+	pthread_t self = pthread_self(), th;
+	int n;
+
+	sigaction(SIGUSR1, &sa, NULL);
+	pthread_create(&th, NULL, kicker_fn, &self);
+	n = wait_ev(dev_fd, d, 1, 5000000000ll);
+	pthread_join(th, NULL);
+	CHECK(n == -EINTR, "wait returned %d", n);
+}
+
+static volatile sig_atomic_t sig_count, sig_events;
+static int sig_fd;
+
+static void on_doorbell(int sig, siginfo_t *si, void *uc)
+{
+	struct aem_delivery d[16];
+	int i, n;
+
+	(void)sig; (void)uc;
+	sig_count++;
+	if (si->si_code != SI_KERNEL)
+		sig_count += 1000;
+	while ((n = wait_ev(sig_fd, d, 16, 0)) > 0)
+		for (i = 0; i < n; i++)
+			sig_events += d[i].count;
+}
+
+static void t_signal_doorbell(void)
+{
+	int signo = SIGRTMIN + 2, i, id, fd;
+	struct sigaction sa = { .sa_sigaction = on_doorbell,
+				.sa_flags = SA_SIGINFO | SA_RESTART };
+	struct aem_signal sg = { .size = sizeof(sg), .signo = signo };
+	struct timespec ts = { 0, 0 };
+	sigset_t set;
+	siginfo_t si;
+
+	fd = open("/dev/aem", O_RDWR | O_CLOEXEC);
+	CHECK(fd >= 0, "open");
+	sig_fd = fd;
+	id = reg_soft(fd, 0);
+	CHECK(id > 0, "register");
+	sg.signo = 3;
+	CHECK(xioctl(fd, AEM_IOC_SET_SIGNAL, &sg) == -EINVAL, "non-RT signo");
+	sg.signo = signo; sg.tid = 1;
+	CHECK(xioctl(fd, AEM_IOC_SET_SIGNAL, &sg) == -ESRCH, "foreign tid");
+	sg.tid = 0;
+	/* Blocked signal: three raises queue exactly one signal. */
+	sigemptyset(&set);
+	sigaddset(&set, signo);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+	CHECK(xioctl(fd, AEM_IOC_SET_SIGNAL, &sg) == 0, "set signal");
+	for (i = 0; i < 3; i++)
+		raise_ev(fd, id, 1, 0);
+	sleep_ms(10);
+	CHECK(sigtimedwait(&set, &si, &ts) == signo, "no signal");
+	CHECK(si.si_code == SI_KERNEL, "si_code %d", si.si_code);
+	CHECK(sigtimedwait(&set, &si, &ts) < 0, "second signal queued");
+	/* Still pending: the doorbell stays rung until drained. */
+	raise_ev(fd, id, 1, 0);
+	sleep_ms(10);
+	CHECK(sigtimedwait(&set, &si, &ts) < 0, "signal without re-arm");
+	/* Handler drains; every occurrence arrives. */
+	sigaction(signo, &sa, NULL);
+	sig_count = 0;
+	sig_events = 0;
+	sigprocmask(SIG_UNBLOCK, &set, NULL);	/* handler takes the 4 */
+	for (i = 0; i < 200; i++) {
+		raise_ev(fd, id, 1, 0);
+		if (i % 50 == 0)
+			sleep_ms(5);
+	}
+	for (i = 0; i < 100 && sig_events < 204; i++)
+		sleep_ms(5);
+	CHECK(sig_events == 204, "events via handler %d", (int)sig_events);
+	CHECK(sig_count >= 1 && sig_count <= 201, "signals %d", (int)sig_count);
+	sg.signo = 0;
+	CHECK(xioctl(fd, AEM_IOC_SET_SIGNAL, &sg) == 0, "signal off");
+	close(fd);
+	signal(signo, SIG_DFL);
+}
+
+static void t_foreign_process(void)
+{
+	struct aem_delivery d[1];
+	int id = reg_soft(dev_fd, 0), st;
+	pid_t pid;
+
+	CHECK(id > 0, "register");
+	pid = fork();
+	if (pid == 0) {
+		int r1 = raise_ev(dev_fd, id, 1, 0);
+		int r2 = wait_ev(dev_fd, d, 1, 0);
+		struct pollfd p = { .fd = dev_fd, .events = POLLIN };
+
+		poll(&p, 1, 0);
+		_exit(r1 == -EOWNERDEAD && r2 == -EOWNERDEAD &&
+		      (p.revents & POLLERR) ? 0 : 1);
+	}
+	CHECK(pid > 0, "fork");
+	waitpid(pid, &st, 0);
+	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "child could use the context");
+	CHECK(raise_ev(dev_fd, id, 1, 0) == 0 && wait_ev(dev_fd, d, 1, 0) == 1,
+	      "parent lost access");
+	ctl(dev_fd, id, AEM_CTL_CLEAN, 0);
+}
+
+static void t_ring(void)
+{
+	struct aem_ring_setup rs = { .size = sizeof(rs), .entries = 8 };
+	struct aem_wait w = { .size = sizeof(w), .flags = AEM_WAIT_REFILL,
+			      .max = 1, .dsize = sizeof(struct aem_delivery) };
+	struct aem_ring_hdr *hdr;
+	struct aem_delivery *e;
+	int fd, ids[12], i, n;
+	uint32_t head, tail;
+	void *m;
+
+	fd = open("/dev/aem", O_RDWR | O_CLOEXEC);
+	CHECK(fd >= 0, "open");
+	rs.entries = 6;
+	CHECK(xioctl(fd, AEM_IOC_RING_SETUP, &rs) == -EINVAL, "not pow2");
+	rs.entries = 8;
+	CHECK(xioctl(fd, AEM_IOC_RING_SETUP, &rs) == 0, "setup");
+	CHECK(xioctl(fd, AEM_IOC_RING_SETUP, &rs) == -EINVAL, "out fields in");
+	rs.entries_off = 0; rs.mmap_size = 0;
+	CHECK(xioctl(fd, AEM_IOC_RING_SETUP, &rs) == -EBUSY, "second ring");
+	rs.entries_off = 256;	/* restore the values read back */
+	CHECK(mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0) ==
+	      MAP_FAILED, "MAP_PRIVATE accepted");
+	m = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	CHECK(m != MAP_FAILED, "mmap %d", errno);
+	hdr = m;
+	e = (struct aem_delivery *)((char *)m + rs.entries_off);
+	CHECK(hdr->entries == 8 && hdr->mask == 7, "hdr");
+	/* 12 registrations, prio i*5: ring gets the 8 highest (order kept
+	 * only among those queued at the time of each refill), 4 wait. */
+	for (i = 0; i < 12; i++) {
+		ids[i] = reg_soft(fd, AEM_PRIO(i * 5));
+		CHECK(ids[i] > 0, "register");
+	}
+	for (i = 0; i < 12; i++)
+		CHECK(raise_ev(fd, ids[i], 1, 0) == 0, "raise");
+	tail = __atomic_load_n(&hdr->tail, __ATOMIC_ACQUIRE);
+	head = hdr->head;
+	CHECK(tail - head == 8, "ring has %u", tail - head);
+	CHECK(hdr->backlog == 1, "backlog flag");
+	for (i = 0; i < 8; i++)
+		CHECK(e[(head + i) & 7].id == ids[i], "ring[%d] id %d", i,
+		      e[(head + i) & 7].id);
+	__atomic_store_n(&hdr->head, head + 8, __ATOMIC_RELEASE);
+	n = xioctl(fd, AEM_IOC_WAIT, &w);
+	CHECK(n == 4, "refill moved %d", n);
+	tail = __atomic_load_n(&hdr->tail, __ATOMIC_ACQUIRE);
+	head = hdr->head;
+	CHECK(tail - head == 4 && hdr->backlog == 0, "after refill");
+	/* Strict order within one refill: 55, 50, 45, 40. */
+	for (i = 0; i < 4; i++)
+		CHECK(e[(head + i) & 7].id == ids[11 - i], "refill order");
+	__atomic_store_n(&hdr->head, head + 4, __ATOMIC_RELEASE);
+	/* Activation fills an empty ring directly. */
+	CHECK(raise_ev(fd, ids[3], 5, 9) == 0, "raise");
+	tail = __atomic_load_n(&hdr->tail, __ATOMIC_ACQUIRE);
+	CHECK(tail - hdr->head == 1 && e[hdr->head & 7].count == 5 &&
+	      e[hdr->head & 7].value == 9, "direct fill");
+	munmap(m, 4096);
+	close(fd);
+}
+
+static void t_efault_keeps(void)
+{
+	struct aem_delivery d[2];
+	int id = reg_soft(dev_fd, 0);
+	struct aem_wait w = { .size = sizeof(w), .deliveries = 16, .max = 1,
+			      .dsize = sizeof(d[0]) };
+
+	CHECK(id > 0, "register");
+	CHECK(raise_ev(dev_fd, id, 3, 5) == 0, "raise");
+	CHECK(xioctl(dev_fd, AEM_IOC_WAIT, &w) == -EFAULT, "bad buffer");
+	CHECK(wait_ev(dev_fd, d, 2, 0) == 1 && d[0].id == id &&
+	      d[0].count == 3 && d[0].value == 5, "delivery lost on EFAULT");
+	ctl(dev_fd, id, AEM_CTL_CLEAN, 0);
+}
+
+static const char *fi = "/sys/kernel/debug/aem/fail_reg_alloc";
+
+static void t_fault_injection(void)
+{
+	char path[128];
+	int a, b;
+
+	snprintf(path, sizeof(path), "%s/times", fi);
+	if (write_param(path, "1")) {
+		fail("no %s", path);
+		return;
+	}
+	snprintf(path, sizeof(path), "%s/probability", fi);
+	write_param(path, "100");
+	a = reg_soft(dev_fd, 0);
+	b = reg_soft(dev_fd, 0);
+	write_param(path, "0");
+	CHECK(a == -ENOMEM, "injected failure gave %d", a);
+	CHECK(b > 0, "second registration %d", b);
+	ctl(dev_fd, b, AEM_CTL_CLEAN, 0);
+}
+
+static void t_limits(void)
+{
+	const char *mr = "/sys/module/aem/parameters/max_regs";
+	const char *at = "/sys/module/aem/parameters/allowed_types";
+	const char *ae = "/sys/module/aem/parameters/allowed_exec";
+	char old[32], old2[32], old3[32];
+	int fd = open("/dev/aem", O_RDWR | O_CLOEXEC), i, r = 0, e1, e2, e3;
+
+	CHECK(fd >= 0, "open");
+	CHECK(read_param(mr, old, sizeof(old)) == 0 &&
+	      read_param(at, old2, sizeof(old2)) == 0 &&
+	      read_param(ae, old3, sizeof(old3)) == 0, "params");
+	write_param(mr, "5");
+	for (i = 0; i < 6; i++)
+		r = reg_soft(fd, 0);
+	write_param(mr, old);
+	CHECK(r == -EMFILE, "6th registration %d", r);
+	write_param(at, "64");	/* timers only */
+	e1 = reg_soft(fd, 0);
+	write_param(at, old2);
+	write_param(ae, "1");	/* AEM_EXEC_SAME only */
+	e2 = reg_soft(fd, AEM_EXEC_THREAD);
+	e3 = reg_soft(fd, AEM_EXEC_SAME);
+	write_param(ae, old3);
+	close(fd);
+	CHECK(e1 == -EPERM, "type not allowed gave %d", e1);
+	CHECK(e2 == -EPERM, "exec not allowed gave %d", e2);
+	CHECK(e3 > 0, "exec allowed gave %d", e3);
+}
+
+static void t_close_many(void)
+{
+	enum { NS = 6000, NT = 1000 };
+	int fd, i, r;
+
+	for (int round = 0; round < 2; round++) {
+		fd = open("/dev/aem", O_RDWR | O_CLOEXEC);
+		CHECK(fd >= 0, "open");
+		for (i = 0; i < NS; i++) {
+			r = reg_soft(fd, AEM_PRIO(i % 64) | (i & 1 ? AEM_PER_OCCURRENCE : 0));
+			CHECK(r > 0, "soft %d: %d", i, r);
+			if (i % 3 == 0)
+				raise_ev(fd, r, 2, 0);
+			if (i % 500 == 0)
+				ctl(fd, r, AEM_CTL_SET_TIMEOUT, 1);
+		}
+		for (i = 0; i < NT; i++) {
+			r = reg_raw(fd, AEM_EV_TIMER, 0, 1000000 + i * 1000, 5000000);
+			CHECK(r > 0, "timer %d: %d", i, r);
+		}
+		sleep_ms(30);	/* timers fire, timeouts expire, nothing consumed */
+		close(fd);
+	}
+}
+
+static void t_exit_with_live(void)
+{
+	pid_t pid = fork();
+	int st;
+
+	if (pid == 0) {
+		int fd = open("/dev/aem", O_RDWR | O_CLOEXEC), i;
+
+		for (i = 0; i < 500; i++)
+			reg_raw(fd, AEM_EV_TIMER, 0, 1000000, 1000000);
+		for (i = 0; i < 500; i++)
+			raise_ev(fd, reg_soft(fd, 0), 1, 0);
+		if (fork() == 0)
+			for (;;)
+				pause();	/* killed below with the group */
+		kill(0, SIGKILL);
+		for (;;)
+			pause();
+	}
+	CHECK(pid > 0, "fork");
+	setpgid(pid, pid);
+	waitpid(pid, &st, 0);
+	CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "status %x", st);
+}
+
+int main(void)
+{
+	printf("KTAP version 1\n1..%d\n", NTESTS);
+	fflush(stdout);
+	dev_fd = open("/dev/aem", O_RDWR | O_CLOEXEC);
+	if (dev_fd < 0) {
+		printf("# open /dev/aem: %s\n", strerror(errno));
+		for (int i = 1; i <= NTESTS; i++)
+			printf("not ok %d no_device\n", i);
+		return 1;
+	}
+	t_info(); report("info", NULL);
+	t_register_clean(); report("register_clean", NULL);
+	t_id_unique(); report("id_unique", NULL);
+	t_invalid(); report("invalid_input_errno", NULL);
+	t_soft_threads(); report("soft_threads_exact_count", NULL);
+	t_timer_periodic(); report("timer_periodic_exact", NULL);
+	t_timer_oneshot_abs(); report("timer_oneshot_abs_realtime", NULL);
+	t_priority_order(); report("priority_order", NULL);
+	t_disable_enable(); report("disable_enable", NULL);
+	t_per_occurrence_oneshot(); report("per_occurrence_oneshot", NULL);
+	t_timeout(); report("timeout_error_delivery", NULL);
+	if (access(pmax, W_OK)) {
+		report("overload_notification", "no module parameters");
+	} else {
+		t_overload(); report("overload_notification", NULL);
+	}
+	t_poll(); report("poll_readable", NULL);
+	t_wait_blocking(); report("wait_blocking_timeout", NULL);
+	t_wait_eintr(); report("wait_interruptible", NULL);
+	t_signal_doorbell(); report("signal_doorbell", NULL);
+	t_foreign_process(); report("foreign_process_eownerdead", NULL);
+	t_ring(); report("ring_mmap_refill", NULL);
+	t_efault_keeps(); report("efault_keeps_delivery", NULL);
+	if (access(fi, F_OK)) {
+		report("fault_injection", "no debugfs");
+	} else {
+		t_fault_injection(); report("fault_injection", NULL);
+	}
+	if (access(pmax, W_OK)) {
+		report("limits", "no module parameters");
+	} else {
+		t_limits(); report("limits", NULL);
+	}
+	t_close_many(); report("close_with_thousands_live", NULL);
+	t_exit_with_live(); report("sigkill_with_live", NULL);
+	close(dev_fd);
+	dev_fd = open("/dev/aem", O_RDWR | O_CLOEXEC);
+	test_no++;
+	if (dev_fd >= 0 && reg_soft(dev_fd, 0) == 1)
+		printf("ok %d reopen_fresh_context\n", test_no);
+	else
+		printf("not ok %d reopen_fresh_context\n", test_no), failures++;
+	close(dev_fd);
+	printf("# %d failed\n", failures);
+	return failures ? 1 : 0;
+}

@@ -1,0 +1,3 @@
+// SPDX-License-Identifier: MIT
+// The C++ API (aem/aem.hpp) over the backends.
+#include "aem/aem.hpp"

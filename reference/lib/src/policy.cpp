@@ -1,0 +1,160 @@
+// SPDX-License-Identifier: MIT
+// Policy from the environment, backend selection and the implicit context.
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+#include <string_view>
+
+#include "backend.hpp"
+
+namespace aem::detail {
+namespace {
+
+bool parse_u64(const char* s, uint64_t& out) {
+  if (!s || !*s) return false;
+  errno = 0;
+  char* end = nullptr;
+  unsigned long long v = strtoull(s, &end, 10);
+  if (errno || *end || s[0] == '-') return false;
+  out = v;
+  return true;
+}
+
+int env_u64(const char* name, uint64_t& out, uint64_t lo, uint64_t hi, std::string& why) {
+  const char* s = getenv(name);
+  if (!s) return 0;
+  uint64_t v = 0;
+  if (!parse_u64(s, v) || v < lo || v > hi) {
+    why = std::string(name) + "='" + s + "': expected a whole number from " + std::to_string(lo) +
+          " to " + std::to_string(hi);
+    return -EINVAL;
+  }
+  out = v;
+  return 0;
+}
+
+// "a,b,c" of names -> bit mask; each name maps to a bit number.
+template <size_t N>
+int env_set(const char* name, uint32_t& out, const std::pair<std::string_view, int> (&names)[N],
+            std::string& why) {
+  const char* s = getenv(name);
+  if (!s) return 0;
+  uint32_t mask = 0;
+  std::string_view rest(s);
+  while (!rest.empty()) {
+    size_t comma = rest.find(',');
+    std::string_view item = rest.substr(0, comma);
+    bool found = false;
+    for (const auto& [n, bit] : names) {
+      if (n == item) {
+        mask |= 1u << bit;
+        found = true;
+      }
+    }
+    if (!found) {
+      why = std::string(name) + "='" + s + "': unknown name '" + std::string(item) +
+            "'; expected a comma-separated list of:";
+      for (const auto& n : names) why += " " + std::string(n.first);
+      return -EINVAL;
+    }
+    if (comma == std::string_view::npos) break;
+    rest.remove_prefix(comma + 1);
+  }
+  out = mask;
+  return 0;
+}
+
+constexpr std::pair<std::string_view, int> kTypes[] = {
+    {"accept", AEM_EV_ACCEPT}, {"read", AEM_EV_READ},   {"close", AEM_EV_CLOSE},
+    {"sk", AEM_EV_SK},         {"sock", AEM_EV_SOCK},   {"timer", AEM_EV_TIMER},
+    {"fd", AEM_EV_FD},         {"soft", AEM_EV_SOFT},
+};
+constexpr std::pair<std::string_view, int> kExecs[] = {
+    {"same", AEM_EXEC_SAME}, {"thread", AEM_EXEC_THREAD}, {"process", AEM_EXEC_PROCESS}};
+
+std::mutex g_mu;
+// Deliberately never destroyed at exit: its threads may still run handlers
+// while the process exits. aem_shutdown() releases it explicitly.
+Backend* g_backend = nullptr;
+
+}  // namespace
+
+int Policy::from_env(Policy& p, std::string& why) {
+  uint64_t v = 0;
+  int r;
+  v = p.max_registrations;
+  if ((r = env_u64("AEM_MAX_REGISTRATIONS", v, 1, 1u << 30, why))) return r;
+  p.max_registrations = v;
+  v = p.max_pending;
+  if ((r = env_u64("AEM_MAX_PENDING", v, 1, 1u << 30, why))) return r;
+  p.max_pending = v;
+  v = static_cast<uint64_t>(p.boost_ceiling);
+  if ((r = env_u64("AEM_BOOST_CEILING", v, 0, 39, why))) return r;
+  p.boost_ceiling = static_cast<int>(v);
+  if ((r = env_u64("AEM_MIN_TIMER_PERIOD_NS", p.min_timer_period_ns, 0, 3600ull * 1000000000ull,
+                   why)))
+    return r;
+  v = p.arena_bytes;
+  if ((r = env_u64("AEM_ARENA_BYTES", v, 4096, uint64_t{1} << 36, why))) return r;
+  p.arena_bytes = v;
+  if ((r = env_set("AEM_ALLOWED_TYPES", p.allowed_types, kTypes, why))) return r;
+  if ((r = env_set("AEM_ALLOWED_EXECUTORS", p.allowed_executors, kExecs, why))) return r;
+  return 0;
+}
+
+std::unique_ptr<Backend> make_backend(const Policy& policy, int& err, std::string& why) {
+  const char* want = getenv("AEM_BACKEND");
+  std::string_view w = want ? want : "";
+  // The default would be the kernel backend when /dev/aem exists; this
+  // library has no kernel backend yet, so the default is the user backend.
+  if (w == "kmod") {
+    if (access("/dev/aem", F_OK) != 0)
+      why = "AEM_BACKEND=kmod, but /dev/aem does not exist: load the aem kernel module "
+            "(reference/kmod) or set AEM_BACKEND=user";
+    else
+      why = "AEM_BACKEND=kmod: this libaem has no kernel backend yet; set AEM_BACKEND=user";
+    err = -ENODEV;
+    return nullptr;
+  }
+  if (!w.empty() && w != "user") {
+    why = "AEM_BACKEND='" + std::string(w) + "': expected 'kmod' or 'user'";
+    err = -EINVAL;
+    return nullptr;
+  }
+  return make_user_backend(policy, err);
+}
+
+Backend* implicit_backend(int& err) {
+  std::lock_guard lock(g_mu);
+  if (g_backend) return g_backend;
+  Policy policy;
+  std::string why;
+  err = Policy::from_env(policy, why);
+  std::unique_ptr<Backend> b;
+  if (err == 0) b = make_backend(policy, err, why);
+  if (!b) {
+    if (!why.empty()) fprintf(stderr, "libaem: %s\n", why.c_str());
+    if (err == 0) err = -ENOMEM;
+    return nullptr;
+  }
+  g_backend = b.release();
+  return g_backend;
+}
+
+int shutdown_implicit() {
+  if (in_handler()) return -EBUSY;
+  std::unique_ptr<Backend> b;
+  {
+    std::lock_guard lock(g_mu);
+    b.reset(g_backend);
+    g_backend = nullptr;
+  }
+  if (b) b->shutdown();
+  return 0;
+}
+
+}  // namespace aem::detail
