@@ -232,7 +232,7 @@ struct aem_ring {
  * @mm:          the owning mm (mmgrab()ed)
  */
 struct aem_ctx {
-	spinlock_t lock;
+	spinlock_t lock;		/* see LOCKING */
 	u64 bitmap;
 	struct list_head level[AEM_PRIO_LEVELS];
 	struct list_head overflow;
@@ -247,7 +247,7 @@ struct aem_ctx {
 	wait_queue_head_t wq;
 	struct irq_work kick;
 	struct work_struct reap_work;
-	struct mutex mutex;
+	struct mutex mutex;		/* see LOCKING */
 	struct xarray regs;
 	u32 next_id;
 	u32 nregs;
@@ -542,12 +542,14 @@ static u32 aem_ring_refill(struct aem_ctx *ctx)
 
 	if (!ring)
 		return 0;
+	/* Pairs with the consumer's store-release of head. */
 	head = smp_load_acquire(&ring->hdr->head);
 	while (ring->ktail - head < ring->entries && aem_pop(ctx, &d)) {
 		ring->ents[ring->ktail & (ring->entries - 1)] = d;
 		ring->ktail++;
 		n++;
 	}
+	/* Entries before tail; pairs with the consumer's load-acquire. */
 	if (n)
 		smp_store_release(&ring->hdr->tail, ring->ktail);
 	WRITE_ONCE(ring->hdr->backlog, ctx->bitmap ? 1 : 0);
@@ -819,8 +821,8 @@ static int aem_ioc_register(struct aem_ctx *ctx, void __user *uarg)
 	ret = -ENOMEM;
 	if (aem_should_fail(&aem_fail_reg_alloc))
 		goto out_unlock;
-	reg = kzalloc(struct_size(reg, priv, DIV_ROUND_UP(fam->priv_size,
-							 sizeof(long))),
+	reg = kzalloc(struct_size(reg, priv,
+				  DIV_ROUND_UP(fam->priv_size, sizeof(long))),
 		      GFP_KERNEL_ACCOUNT);
 	if (!reg)
 		goto out_unlock;
@@ -1081,16 +1083,50 @@ static int aem_copy_deliveries(struct aem_ctx *ctx, u8 __user *dst,
 	while (n-- > i)
 		aem_unpop(ctx, &buf[n]);
 	spin_unlock_irqrestore(&ctx->lock, flags);
+	irq_work_queue(&ctx->kick);
 	return i ? i : -EFAULT;
+}
+
+static bool aem_has_pending(struct aem_ctx *ctx)
+{
+	return READ_ONCE(ctx->bitmap) != 0;
+}
+
+/* Sleep until something is pending: 1, 0 on timeout, -EINTR. */
+static int aem_wait_pending(struct aem_ctx *ctx, s64 timeout_ns,
+			    ktime_t deadline)
+{
+	ktime_t left;
+	int ret;
+
+	if (aem_has_pending(ctx))
+		return 1;
+	if (!timeout_ns)
+		return 0;
+	if (timeout_ns < 0) {
+		ret = wait_event_interruptible(ctx->wq, aem_has_pending(ctx));
+	} else {
+		left = ktime_sub(deadline, ktime_get());
+		if (left <= 0)
+			return 0;
+		ret = wait_event_interruptible_hrtimeout(ctx->wq,
+							 aem_has_pending(ctx),
+							 left);
+		if (ret == -ETIME)
+			return 0;
+	}
+	/* The timeout is relative: do not restart, report the signal. */
+	return ret ? -EINTR : 1;
 }
 
 static int aem_ioc_wait(struct aem_ctx *ctx, void __user *uarg)
 {
 	struct aem_delivery *buf;
-	unsigned long flags;
-	struct aem_wait w;
-	ktime_t deadline = 0;
 	unsigned int n, total = 0, chunk;
+	unsigned long flags;
+	ktime_t deadline = 0;
+	struct aem_wait w;
+	u8 __user *dst;
 	int ret;
 
 	ret = aem_copy_in(&w, sizeof(w), uarg, AEM_WAIT_SIZE_VER0);
@@ -1108,8 +1144,8 @@ static int aem_ioc_wait(struct aem_ctx *ctx, void __user *uarg)
 		irq_work_queue(&ctx->kick);
 		return n;
 	}
-	if (!w.max || w.max > AEM_WAIT_MAX || w.dsize < AEM_DELIVERY_SIZE_VER0 ||
-	    w.dsize > PAGE_SIZE || (w.dsize & 7))
+	if (!w.max || w.max > AEM_WAIT_MAX || w.dsize > PAGE_SIZE ||
+	    w.dsize < AEM_DELIVERY_SIZE_VER0 || (w.dsize & 7))
 		return -EINVAL;
 	if (w.timeout_ns > 0)
 		deadline = ktime_add_ns(ktime_get(), w.timeout_ns);
@@ -1120,52 +1156,27 @@ static int aem_ioc_wait(struct aem_ctx *ctx, void __user *uarg)
 	buf = kmalloc_array(chunk, sizeof(*buf), GFP_KERNEL);
 	if (!buf)
 		return -ENOMEM;
-	for (;;) {
-		if (!READ_ONCE(ctx->bitmap)) {
-			if (!w.timeout_ns)
-				break;
-			if (w.timeout_ns < 0) {
-				ret = wait_event_interruptible(ctx->wq,
-						READ_ONCE(ctx->bitmap));
-			} else {
-				ktime_t left = ktime_sub(deadline, ktime_get());
-
-				if (left <= 0)
-					break;
-				ret = wait_event_interruptible_hrtimeout(ctx->wq,
-						READ_ONCE(ctx->bitmap), left);
-				if (ret == -ETIME)
-					break;
-			}
-			if (ret) {
-				ret = -EINTR;
-				goto out;
-			}
-		}
+	dst = u64_to_user_ptr(w.deliveries);
+	while (!total) {
+		ret = aem_wait_pending(ctx, w.timeout_ns, deadline);
+		if (ret <= 0)
+			goto out;
+		/* Pop and copy under ctx->mutex: see aem_unpop(). */
 		mutex_lock(&ctx->mutex);
 		do {
-			n = aem_pop_batch(ctx, buf,
-					  min(chunk, w.max - total));
-			ret = aem_copy_deliveries(ctx,
-				u64_to_user_ptr(w.deliveries) +
-				(size_t)total * w.dsize, w.dsize, buf, n);
-			if (ret < 0) {
-				mutex_unlock(&ctx->mutex);
-				if (total)
-					ret = total;
-				goto out;
-			}
-			if (ret) {	/* partial copy: stop here */
-				total += ret;
-				mutex_unlock(&ctx->mutex);
-				ret = total;
-				goto out;
+			n = aem_pop_batch(ctx, buf, min(chunk, w.max - total));
+			ret = aem_copy_deliveries(ctx, dst, w.dsize, buf, n);
+			if (ret) {
+				/* A fault: count what was copied, if any. */
+				total += ret > 0 ? ret : 0;
+				break;
 			}
 			total += n;
+			dst += (size_t)n * w.dsize;
 		} while (n && total < w.max);
 		mutex_unlock(&ctx->mutex);
-		if (total)
-			break;
+		if (ret < 0 && !total)
+			goto out;
 	}
 	ret = total;
 out:

@@ -119,6 +119,7 @@ struct aem_info {
 	__u32 delivery_size;	/* sizeof(struct aem_delivery) */
 	__u32 family_version[16]; /* newest version serving type i, 0: none */
 };
+
 #define AEM_INFO_SIZE_VER0	112
 
 /* Family arguments of struct aem_reg (union aem_reg_arg). */
@@ -156,6 +157,7 @@ struct aem_reg {
 	__u32 reserved0;	/* must be 0 */
 	union aem_reg_arg arg;	/* per type, see above */
 };
+
 #define AEM_REG_SIZE_VER0	80
 
 /*
@@ -179,6 +181,7 @@ struct aem_ctl {
 	__u32 reserved0;	/* must be 0 */
 	__u64 arg;
 };
+
 #define AEM_CTL_SIZE_VER0	24
 
 struct aem_reg_info {		/* AEM_CTL_LOOKUP */
@@ -194,6 +197,7 @@ struct aem_reg_info {		/* AEM_CTL_LOOKUP */
 	__u64 pending;		/* occurrences not yet delivered */
 	__u64 timeout_ms;	/* 0: none */
 };
+
 #define AEM_REG_INFO_SIZE_VER0	56
 
 struct aem_reg_stats {		/* AEM_CTL_STATS */
@@ -207,6 +211,7 @@ struct aem_reg_stats {		/* AEM_CTL_STATS */
 	__u64 pending;		/* occurrences not yet delivered: always */
 				/* activations = delivered counts + pending */
 };
+
 #define AEM_REG_STATS_SIZE_VER0	56
 
 /*
@@ -228,6 +233,7 @@ struct aem_delivery {
 	__u64 user_data;	/* from struct aem_reg */
 	__u64 data[2];		/* family data, 0 for timer and soft */
 };
+
 #define AEM_DELIVERY_SIZE_VER0	64
 
 /*
@@ -245,6 +251,7 @@ struct aem_wait {
 	__u32 dsize;		/* >= AEM_DELIVERY_SIZE_VER0 */
 	__s64 timeout_ns;
 };
+
 #define AEM_WAIT_SIZE_VER0	32
 
 /* AEM_IOC_RAISE: raise a software event (AEM_EV_SOFT) @count times. */
@@ -256,6 +263,7 @@ struct aem_raise {
 	__u32 flags;		/* must be 0 */
 	__u32 reserved0;
 };
+
 #define AEM_RAISE_SIZE_VER0	32
 
 /*
@@ -273,6 +281,7 @@ struct aem_signal {
 	__s32 tid;		/* 0: the calling thread */
 	__u32 flags;		/* must be 0 */
 };
+
 #define AEM_SIGNAL_SIZE_VER0	16
 
 /*
@@ -296,6 +305,7 @@ struct aem_ring_setup {
 	__u32 entries_off;	/* out: offset of the entry array */
 	__u64 mmap_size;	/* out: bytes to mmap */
 };
+
 #define AEM_RING_SETUP_SIZE_VER0	24
 
 struct aem_ring_hdr {
