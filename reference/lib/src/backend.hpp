@@ -23,16 +23,16 @@ namespace aem::detail {
 // What a handler receives. Which fields mean something depends on type.
 struct Event {
   int jid = 0;
-  int type = 0;            // AEM_EV_*
-  int fd = -1;             // the registration's fd (listen fd for accept)
-  uint64_t count = 0;      // occurrences in this delivery (timer expirations,
-                           // software raises, merged readiness)
-  uint64_t value = 0;      // software event value
-  unsigned int events = 0; // poll bits (fd, sock)
-  int new_fd = -1;         // accept: the accepted connection
+  int type = 0;                    // AEM_EV_*
+  int fd = -1;                     // the registration's fd (listen fd for accept)
+  uint64_t count = 0;              // occurrences in this delivery (timer expirations,
+                                   // software raises, merged readiness)
+  uint64_t value = 0;              // software event value
+  unsigned int events = 0;         // poll bits (fd, sock)
+  int new_fd = -1;                 // accept: the accepted connection
   const sockaddr* addr = nullptr;  // accept: its peer address
   socklen_t addrlen = 0;
-  int old_state = 0;       // sk: TCP states
+  int old_state = 0;  // sk: TCP states
   int new_state = 0;
   const void* data = nullptr;  // read: the chunk (len 0: EOF)
   size_t len = 0;
@@ -43,15 +43,15 @@ using ErrorHandler = std::function<void(int jid, int error)>;
 
 // A registration request, validated by the backend.
 struct Spec {
-  int type = 0;                 // AEM_EV_*
-  uint64_t flags = 0;           // AEM_* flag bits (validated)
-  int fd = -1;                  // socket/fd families
-  unsigned int events = 0;      // evfd: poll bits
+  int type = 0;                      // AEM_EV_*
+  uint64_t flags = 0;                // AEM_* flag bits (validated)
+  int fd = -1;                       // socket/fd families
+  unsigned int events = 0;           // evfd: poll bits
   const timespec* value = nullptr;   // evtimer
   const timespec* period = nullptr;  // evtimer, may be null
-  sockaddr* addr = nullptr;     // accept: where to store the peer address
+  sockaddr* addr = nullptr;          // accept: where to store the peer address
   socklen_t* addrlen = nullptr;
-  Invoker invoke;               // required
+  Invoker invoke;  // required
 };
 
 // The memory event data lives in (AEM-3.4.1): by default the context's
@@ -85,7 +85,7 @@ class Backend {
   virtual ~Backend() = default;
   virtual const char* name() const = 0;
 
-  virtual int add(Spec&& spec) = 0;                 // id > 0 or -errno
+  virtual int add(Spec&& spec) = 0;  // id > 0 or -errno
   virtual int raise(int jid, uint64_t value) = 0;
   virtual int ctl(int jid, unsigned int op, unsigned long arg) = 0;
   virtual int dispatch(int timeout_ms) = 0;

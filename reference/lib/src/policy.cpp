@@ -69,8 +69,8 @@ int env_set(const char* name, uint32_t& out, const std::pair<std::string_view, i
 }
 
 constexpr std::pair<std::string_view, int> kTypes[] = {
-    {"accept", AEM_EV_ACCEPT}, {"read", AEM_EV_READ},   {"close", AEM_EV_CLOSE},
-    {"sk", AEM_EV_SK},         {"sock", AEM_EV_SOCK},   {"timer", AEM_EV_TIMER},
+    {"accept", AEM_EV_ACCEPT}, {"read", AEM_EV_READ}, {"close", AEM_EV_CLOSE},
+    {"sk", AEM_EV_SK},         {"sock", AEM_EV_SOCK}, {"timer", AEM_EV_TIMER},
     {"fd", AEM_EV_FD},         {"soft", AEM_EV_SOFT},
 };
 constexpr std::pair<std::string_view, int> kExecs[] = {
@@ -113,8 +113,9 @@ std::unique_ptr<Backend> make_backend(const Policy& policy, int& err, std::strin
   // library has no kernel backend yet, so the default is the user backend.
   if (w == "kmod") {
     if (access("/dev/aem", F_OK) != 0)
-      why = "AEM_BACKEND=kmod, but /dev/aem does not exist: load the aem kernel module "
-            "(reference/kmod) or set AEM_BACKEND=user";
+      why =
+          "AEM_BACKEND=kmod, but /dev/aem does not exist: load the aem kernel module "
+          "(reference/kmod) or set AEM_BACKEND=user";
     else
       why = "AEM_BACKEND=kmod: this libaem has no kernel backend yet; set AEM_BACKEND=user";
     err = -ENODEV;

@@ -11,8 +11,8 @@ Arena::Arena(size_t bytes) {
   unsigned order = kMinOrder;
   while ((size_t{1} << order) < bytes && order < 40) ++order;
   const size_t size = size_t{1} << order;
-  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE,
-                 MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS | MAP_NORESERVE,
+                 -1, 0);
   if (p == MAP_FAILED) return;
   base_ = static_cast<unsigned char*>(p);
   max_order_ = order;

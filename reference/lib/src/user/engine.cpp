@@ -46,9 +46,9 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
-#include <sys/syscall.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/timerfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -145,13 +145,13 @@ struct Reg : std::enable_shared_from_this<Reg> {
   int prio = AEM_PRIO_DEFAULT;
   unsigned exec = AEM_EXEC_SAME;
   bool edge = false;
-  int fd = -1;            // the application's fd
-  unsigned events = 0;    // filter: poll bits or TCP state mask
+  int fd = -1;          // the application's fd
+  unsigned events = 0;  // filter: poll bits or TCP state mask
   Invoker invoke;
   sockaddr* uaddr = nullptr;
   socklen_t* uaddrlen = nullptr;
-  Queue* q = nullptr;     // its execution context
-  uint64_t token = 0;     // its source; 0: none
+  Queue* q = nullptr;  // its execution context
+  uint64_t token = 0;  // its source; 0: none
 
   bool live = true;
   bool enabled = true;
@@ -164,14 +164,14 @@ struct Reg : std::enable_shared_from_this<Reg> {
 
   // Pending state: occurrences activated and not yet delivered.
   uint64_t pending = 0;
-  unsigned revents = 0;               // fd, sock: merged readiness
-  uint64_t value = 0;                 // soft: latest value
-  std::deque<uint64_t> values;        // soft, per occurrence
-  std::deque<Accepted> accepted;      // accept: one per connection
-  std::deque<Chunk*> chunks;          // read: nullptr is EOF
+  unsigned revents = 0;           // fd, sock: merged readiness
+  uint64_t value = 0;             // soft: latest value
+  std::deque<uint64_t> values;    // soft, per occurrence
+  std::deque<Accepted> accepted;  // accept: one per connection
+  std::deque<Chunk*> chunks;      // read: nullptr is EOF
   size_t chunk_bytes = 0;
   std::deque<std::pair<int, int>> transitions;  // sk
-  int tcp_state = 0;                  // sk: last observed
+  int tcp_state = 0;                            // sk: last observed
 
   uint64_t timeout_ms = 0;
   std::multimap<uint64_t, int>::iterator deadline;
@@ -192,7 +192,7 @@ struct Queue {
   bool async = false;                       // aem_set_async(1)
   bool busy = false;                        // a handler of it runs
   int running_prio = -1;
-  std::atomic<bool> bell{false};            // doorbell sent, not yet served
+  std::atomic<bool> bell{false};  // doorbell sent, not yet served
   int base_nice = 0;
   int boost = 0;
 };
@@ -201,22 +201,22 @@ enum class SrcKind { Wake, Timer, Fd, Accept, Close, Sk, Reader, Child };
 
 struct Source {
   SrcKind kind = SrcKind::Wake;
-  uint64_t token = 0;   // its key in Engine::sources_ and epoll's data
-  int fd = -1;          // what epoll watches (our own fd: a dup, timerfd, pidfd)
+  uint64_t token = 0;  // its key in Engine::sources_ and epoll's data
+  int fd = -1;         // what epoll watches (our own fd: a dup, timerfd, pidfd)
   uint32_t interest = 0;
-  bool oneshot = false; // level-triggered by hand: re-armed after delivery
-  bool added = false;   // in the epoll set
-  bool armed = false;   // will report the next readiness
-  Reg* reg = nullptr;                // owner (all kinds but Reader, Child)
-  std::vector<Reg*> readers;         // Reader: its read registrations
-  dev_t dev = 0;                     // Reader: the socket's identity
+  bool oneshot = false;       // level-triggered by hand: re-armed after delivery
+  bool added = false;         // in the epoll set
+  bool armed = false;         // will report the next readiness
+  Reg* reg = nullptr;         // owner (all kinds but Reader, Child)
+  std::vector<Reg*> readers;  // Reader: its read registrations
+  dev_t dev = 0;              // Reader: the socket's identity
   ino_t ino = 0;
   int app_fd = -1;
   bool eof = false;
-  bool paused = false;               // Reader: over kReadCap or no memory
-  pid_t child = 0;                   // Child
-  Chunk* chunk = nullptr;            // Child: data it was given
-  clockid_t clock = CLOCK_MONOTONIC; // Timer
+  bool paused = false;                // Reader: over kReadCap or no memory
+  pid_t child = 0;                    // Child
+  Chunk* chunk = nullptr;             // Child: data it was given
+  clockid_t clock = CLOCK_MONOTONIC;  // Timer
 };
 
 void install_doorbell();
@@ -424,7 +424,9 @@ void Engine::wake(Queue& q) {
       // The counter cannot overflow in practice; a failed write still
       // leaves it readable.
     }
-  } else if (q.async && q.tid > 0 && !q.bell.exchange(true)) {
+  } else if (q.async && !q.busy && q.tid > 0 && !q.bell.exchange(true)) {
+    // Ring once (0 -> 1); the handler clears it before draining. A queue
+    // being served right now (busy) drains what is added meanwhile.
     tgkill(getpid(), q.tid, doorbell_signal());
   }
 }
@@ -511,10 +513,12 @@ void Engine::update_boost(Queue& q) {
   top = std::max(top, q.running_prio);
   int steps = 0;
   if (top > AEM_PRIO_DEFAULT)
-    steps = ((top - AEM_PRIO_DEFAULT) * policy_.boost_ceiling + (AEM_PRIO_MAX - AEM_PRIO_DEFAULT) - 1) /
-            (AEM_PRIO_MAX - AEM_PRIO_DEFAULT);
+    steps =
+        ((top - AEM_PRIO_DEFAULT) * policy_.boost_ceiling + (AEM_PRIO_MAX - AEM_PRIO_DEFAULT) - 1) /
+        (AEM_PRIO_MAX - AEM_PRIO_DEFAULT);
   if (steps == q.boost) return;
-  if (setpriority(PRIO_PROCESS, static_cast<id_t>(q.tid), q.base_nice - steps) == 0) q.boost = steps;
+  if (setpriority(PRIO_PROCESS, static_cast<id_t>(q.tid), q.base_nice - steps) == 0)
+    q.boost = steps;
 }
 
 void Engine::touch_deadline(Reg& r) {
@@ -642,7 +646,9 @@ int check_socket(int fd) {
   return 0;
 }
 
-bool valid_ts(const timespec& t) { return t.tv_sec >= 0 && t.tv_nsec >= 0 && t.tv_nsec < 1000000000; }
+bool valid_ts(const timespec& t) {
+  return t.tv_sec >= 0 && t.tv_nsec >= 0 && t.tv_nsec < 1000000000;
+}
 
 int tcp_state_of(int fd) {
   tcp_info ti{};
@@ -837,13 +843,27 @@ void Engine::on_ready(Source& s, uint32_t ev) {
       }
       break;
     }
-    case SrcKind::Timer: job_timer(s); break;
-    case SrcKind::Fd: job_fd(s, ev); break;
-    case SrcKind::Accept: job_accept(s); break;
-    case SrcKind::Close: job_close(s); break;
-    case SrcKind::Sk: job_sk(s); break;
-    case SrcKind::Reader: job_read(s); break;
-    case SrcKind::Child: job_child(s); break;
+    case SrcKind::Timer:
+      job_timer(s);
+      break;
+    case SrcKind::Fd:
+      job_fd(s, ev);
+      break;
+    case SrcKind::Accept:
+      job_accept(s);
+      break;
+    case SrcKind::Close:
+      job_close(s);
+      break;
+    case SrcKind::Sk:
+      job_sk(s);
+      break;
+    case SrcKind::Reader:
+      job_read(s);
+      break;
+    case SrcKind::Child:
+      job_child(s);
+      break;
   }
 }
 
@@ -957,7 +977,7 @@ void Engine::job_read(Source& s) {
       for (Reg* r : s.readers) notice(*r, -e);
     s.eof = true;
     readers_.erase(std::tuple(s.dev, s.ino, s.app_fd));  // a new registration starts afresh
-    deliver(nullptr);  // EOF, after all data
+    deliver(nullptr);                                    // EOF, after all data
     return;
   }
   arm(s);
@@ -994,7 +1014,9 @@ void Engine::poller_loop() {
     int timeout = -1;
     if (!deadlines_.empty()) {
       uint64_t now = now_ns(), at = deadlines_.begin()->first;
-      timeout = at <= now ? 0 : static_cast<int>(std::min<uint64_t>((at - now + 999999) / 1000000, INT_MAX));
+      timeout = at <= now
+                    ? 0
+                    : static_cast<int>(std::min<uint64_t>((at - now + 999999) / 1000000, INT_MAX));
     }
     lk.unlock();
     int n = epoll_wait(ep, evs.data(), static_cast<int>(evs.size()), timeout);
@@ -1460,7 +1482,7 @@ void doorbell_handler(int, siginfo_t*, void*) {
 void install_doorbell() {
   static std::once_flag once;
   std::call_once(once, [] {
-    struct sigaction sa{};
+    struct sigaction sa {};
     sa.sa_sigaction = doorbell_handler;
     sa.sa_flags = SA_SIGINFO | SA_RESTART;
     sigemptyset(&sa.sa_mask);
