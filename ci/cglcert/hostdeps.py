@@ -20,7 +20,11 @@ __all__ = ["MissingPackages", "missing", "ensure", "install_command"]
 
 
 class MissingPackages(RuntimeError):
-    """Raised when packages are missing and cannot be installed automatically."""
+    """Raised when packages are missing and cannot be installed automatically.
+
+    ``packages`` lists them.  When the caller is not root, ``str(exc)`` is
+    exactly the ``sudo apt-get install -y ...`` line to run.
+    """
 
     def __init__(self, packages: list[str], message: str) -> None:
         super().__init__(message)
@@ -73,10 +77,8 @@ def ensure(packages: list[str], *, quiet: bool = False) -> list[str]:
     if not todo:
         return []
     if os.geteuid() != 0:
-        raise MissingPackages(
-            todo,
-            "missing Debian packages: " + " ".join(todo) + "\nrun: " + install_command(todo),
-        )
+        # The message is exactly the line to run (callers may prefix their own context).
+        raise MissingPackages(todo, install_command(todo))
     if not quiet:
         print("cglcert: installing " + " ".join(todo) + " with apt-get", file=sys.stderr)
     proc = _apt_install(todo)

@@ -17,10 +17,11 @@ What /init does (see :data:`INIT_SCRIPT`):
    because busybox insmod cannot read them);
 3. mounts the host root read-only (9p tag ``hostroot``) on /newroot and the
    results share (tag ``results``) on /results;
-4. inside /newroot: mounts proc, rbinds /sys and /dev, tmpfs on /tmp and /run,
-   binds the results share at its host path, and shows the fetched kernel's
-   modules at ``/lib/modules/<release>`` (tmpfs over the host's /lib/modules);
-5. insmods the requested extra modules, records the taint, writes
+4. inside /newroot: mounts proc, rbinds /sys and /dev, shows the fetched
+   kernel's modules at ``/lib/modules/<release>`` (tmpfs over the host's
+   /lib/modules), mounts tmpfs on /tmp and /run (so the host's /tmp is NOT
+   visible in the guest), binds the results share at its host path;
+5. records the taint, insmods the requested extra modules, writes
    ``cglcert: command begin`` to /dev/kmsg, runs the command chrooted, in its
    own session, killed (whole session) by a watchdog after the timeout;
 6. records exit code, taint and dmesg in the results share, prints markers
@@ -46,6 +47,7 @@ import stat
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 from . import kernels
 
@@ -96,22 +98,23 @@ mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results /results \
 mount -t proc proc $R/proc || die init "cannot mount proc in the chroot"
 mount -o rbind /sys $R/sys || die init "cannot bind /sys in the chroot"
 mount -o rbind /dev $R/dev || die init "cannot bind /dev in the chroot"
-mount -t tmpfs -o mode=1777 tmpfs $R/tmp || die init "cannot mount tmpfs on /tmp in the chroot"
-[ -d $R/run ] && mount -t tmpfs -o mode=755 tmpfs $R/run
-mkdir -p "$R$CGL_RESULTS" 2>/dev/null
-mount -o bind /results "$R$CGL_RESULTS" || die init "cannot bind the results share at $CGL_RESULTS"
+# Bind the module tree before /tmp is covered: the cache may live under /tmp.
 if [ -n "$CGL_LIBMODULES" ] && [ -d "$R$CGL_LIBMODULES" ]; then
     mount -t tmpfs -o mode=755 tmpfs "$R$CGL_LIBMODULES"
     mkdir -p "$R$CGL_LIBMODULES/$REL"
     mount -o bind "$R$CGL_MODDIR" "$R$CGL_LIBMODULES/$REL" \
         || die init "cannot bind $CGL_MODDIR at $CGL_LIBMODULES/$REL"
 fi
-load_module() {  # load_module HOST-PATH [PARAM=VALUE...]
+mount -t tmpfs -o mode=1777 tmpfs $R/tmp || die init "cannot mount tmpfs on /tmp in the chroot"
+[ -d $R/run ] && mount -t tmpfs -o mode=755 tmpfs $R/run
+mkdir -p "$R$CGL_RESULTS" 2>/dev/null
+mount -o bind /results "$R$CGL_RESULTS" || die init "cannot bind the results share at $CGL_RESULTS"
+load_module() {  # load_module FILE-IN-$C/modules [PARAM=VALUE...]
     f=$1; shift
-    insmod "$R$f" "$@" || die module "insmod $f failed"
+    insmod "$C/modules/$f" "$@" || die module "insmod $f failed"
 }
-[ -f $C/modules.sh ] && . $C/modules.sh
 cat /proc/sys/kernel/tainted > $C/tainted_before
+[ -f $C/modules.sh ] && . $C/modules.sh
 echo "cglcert: command begin" > /dev/kmsg
 mark begin
 setsid chroot $R /bin/sh "$CGL_RESULTS/.cglcert/cmd.sh" < /dev/null &
@@ -188,8 +191,7 @@ def _is_static_elf(path: Path) -> bool:
             ident = fh.read(64)
             if ident[:4] != b"\x7fELF" or ident[4] != 2:  # 64-bit only
                 return False
-            little = ident[5] == 1
-            order = "little" if little else "big"
+            order: Literal["little", "big"] = "little" if ident[5] == 1 else "big"
             phoff = int.from_bytes(ident[32:40], order)
             phentsize = int.from_bytes(ident[54:56], order)
             phnum = int.from_bytes(ident[56:58], order)
@@ -250,9 +252,13 @@ def build(kernel: kernels.Kernel, *, out: Path | None = None, busybox: Path | No
     busybox = busybox or find_busybox()
     mods = kernels.module_load_order(kernel.modules_dir, NINEP_MODULES)
     if not any(_mod_name(p) == "9p" for p in mods) and not _builtin(kernel, "9p"):
+        hint = ""
+        if kernel.config and "CONFIG_NET_9P is not set" in kernel.config.read_text(errors="replace"):
+            hint = (" (CONFIG_NET_9P is not set: Debian's cloud flavor has no 9p, only virtiofs, "
+                    "which the QEMU target does not support yet; use the amd64 or rt-amd64 flavor)")
         raise kernels.KernelError(
-            f"{kernel.release}: no 9p module in {kernel.modules_dir} and 9p is not built in; "
-            "this kernel cannot mount the host root")
+            f"{kernel.release} cannot mount the host root: no 9p module in "
+            f"{kernel.modules_dir} and 9p is not built in{hint}")
     h = hashlib.sha256()
     h.update(INIT_SCRIPT.encode())
     h.update(str(busybox.stat().st_size).encode() + str(int(busybox.stat().st_mtime)).encode())

@@ -23,7 +23,7 @@ import re
 from dataclasses import asdict, dataclass, field
 
 __all__ = [
-    "Finding", "Taint", "Report", "scan", "decode_taint", "check", "by_test",
+    "Finding", "Taint", "Report", "scan", "classify", "decode_taint", "check", "by_test",
     "TAINT_FLAGS", "ACCEPTABLE_TAINT", "BEGIN_MARKER", "END_MARKER",
 ]
 

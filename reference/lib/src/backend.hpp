@@ -84,6 +84,9 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual const char* name() const = 0;
+  // Unique per Backend object for the life of the process (a new context
+  // at a reused address has another serial).
+  uint64_t serial() const { return serial_; }
 
   virtual int add(Spec&& spec) = 0;  // id > 0 or -errno
   virtual int raise(int jid, uint64_t value) = 0;
@@ -96,6 +99,10 @@ class Backend {
   virtual void set_allocator(const Allocator& a) = 0;
   // Cleans every registration; the object may then be destroyed.
   virtual int shutdown() = 0;
+
+ private:
+  static uint64_t next_serial();
+  const uint64_t serial_ = next_serial();
 };
 
 // AEM_BACKEND=kmod|user, else kmod when /dev/aem exists, else user.

@@ -2,6 +2,7 @@
 // Policy from the environment, backend selection and the implicit context.
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -82,6 +83,11 @@ std::mutex g_mu;
 Backend* g_backend = nullptr;
 
 }  // namespace
+
+uint64_t Backend::next_serial() {
+  static std::atomic<uint64_t> serial{0};
+  return ++serial;
+}
 
 int Policy::from_env(Policy& p, std::string& why) {
   uint64_t v = 0;

@@ -259,6 +259,7 @@ class Engine final : public Backend {
   void update_boost(Queue& q);
   void touch_deadline(Reg& r);
   void clean_locked(Reg& r);
+  void bury(std::unique_lock<std::mutex>& lk);
   void release_chunk(Chunk* c);
   Chunk* new_chunk(size_t len);
   uint64_t add_source(std::unique_ptr<Source> s);
@@ -315,6 +316,10 @@ class Engine final : public Backend {
   bool overloaded_ = false;
   bool readers_want_memory_ = false;
   std::multimap<uint64_t, int> deadlines_;
+  // Cleaned registrations, destroyed by bury() with mu_ released: their
+  // handlers may own registrations of this context, whose destructors call
+  // back into it.
+  std::vector<std::shared_ptr<Reg>> graveyard_;
   bool stop_requested_ = false;
   int keepalive_count_ = 0;
 };
@@ -365,6 +370,8 @@ int Engine::shutdown() {
   std::vector<std::shared_ptr<Reg>> all;
   for (auto& [id, r] : regs_) all.push_back(r);
   for (auto& r : all) clean_locked(*r);
+  all.clear();
+  bury(lk);
   uint64_t one = 1;
   if (pwake_ >= 0 && write(pwake_, &one, sizeof one) < 0) {
   }
@@ -1027,6 +1034,7 @@ void Engine::poller_loop() {
       if (it != sources_.end()) on_ready(*it->second, evs[static_cast<size_t>(i)].events);
     }
     expire_deadlines();
+    bury(lk);
   }
 }
 
@@ -1067,12 +1075,14 @@ int Engine::run_one(Queue& q, std::unique_lock<std::mutex>& lk) {
     auto [jid, err] = q.notices.front();
     q.notices.pop_front();
     if (!err_handler_) return 0;
-    ErrorHandler h = err_handler_;
     q.busy = true;
-    lk.unlock();
-    ++t_running;
-    h(jid, err);
-    --t_running;
+    {
+      ErrorHandler h = err_handler_;
+      lk.unlock();
+      ++t_running;
+      h(jid, err);
+      --t_running;
+    }
     lk.lock();
     q.busy = false;
     return 1;
@@ -1200,6 +1210,8 @@ int Engine::run_one(Queue& q, std::unique_lock<std::mutex>& lk) {
   if (r.live) rearm_after_delivery(r);
   update_boost(q);
   cv_.notify_all();
+  hold.reset();  // not the last reference: a cleaned one is in graveyard_
+  bury(lk);
   return 1;
 }
 
@@ -1332,8 +1344,18 @@ void Engine::clean_locked(Reg& r) {
   r.values.clear();
   r.transitions.clear();
   r.pending = 0;
-  regs_.erase(r.id);  // r may now be held only by a running delivery
+  graveyard_.push_back(r.shared_from_this());
+  regs_.erase(r.id);
   drain_overflow();
+}
+
+void Engine::bury(std::unique_lock<std::mutex>& lk) {
+  if (graveyard_.empty()) return;
+  std::vector<std::shared_ptr<Reg>> dead;
+  dead.swap(graveyard_);
+  lk.unlock();
+  dead.clear();
+  lk.lock();
 }
 
 int Engine::ctl(int jid, unsigned int op, unsigned long arg) {
@@ -1411,6 +1433,7 @@ int Engine::ctl(int jid, unsigned int op, unsigned long arg) {
       // When it returns, the handler is not running elsewhere (a handler
       // may clean itself).
       cv_.wait(lk, [&] { return !r.running || r.runner == self_tid(); });
+      bury(lk);
       return 0;
     }
     case AEM_CTL_STATS: {
@@ -1426,8 +1449,9 @@ int Engine::ctl(int jid, unsigned int op, unsigned long arg) {
 
 void Engine::on_error(ErrorHandler handler) {
   Entry entry;
-  std::lock_guard lk(mu_);
-  err_handler_ = std::move(handler);
+  std::unique_lock lk(mu_);
+  err_handler_.swap(handler);
+  lk.unlock();  // the old one is destroyed here, outside mu_
 }
 
 void Engine::set_allocator(const Allocator& a) {
