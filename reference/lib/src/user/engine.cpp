@@ -90,10 +90,13 @@ thread_local int t_depth = 0;
 thread_local int t_running = 0;
 thread_local volatile sig_atomic_t t_deferred = 0;
 
+// This thread's id, cached; atfork_child() forgets it, since the child's
+// thread has another id than the parent's that forked it.
+thread_local pid_t t_tid = 0;
+
 pid_t self_tid() {
-  thread_local pid_t tid = 0;
-  if (tid == 0) tid = gettid();
-  return tid;
+  if (t_tid == 0) t_tid = gettid();
+  return t_tid;
 }
 
 uint64_t now_ns() {
@@ -1458,6 +1461,7 @@ void Engine::set_allocator(const Allocator& a) {
   Entry entry;
   std::lock_guard lk(mu_);
   user_alloc_ = a;
+  if (readers_want_memory_) resume_readers();  // another source of memory: retry
 }
 
 // ---------------------------------------------------------------------------
@@ -1530,6 +1534,7 @@ void atfork_parent() {
 }
 
 void atfork_child() {
+  t_tid = 0;
   for (auto& slot : g_engines) {
     if (Engine* e = slot.load()) {
       e->forked_.store(true);
