@@ -11,26 +11,30 @@
  * poll() readiness of the fd and an optional RT-signal doorbell.
  *
  * LOCKING:
- * There are two locks per context and one global mutex:
+ * There are two locks per context and two global mutexes:
  *
  * 1) aem_family_lock (global mutex): the list of loaded families.
+ *    aem_users_lock (global mutex): per-user accounting records; taken
+ *    only in open and release, never with another AEM lock held.
  * 2) ctx->mutex: serialises the "slow" control paths of a context:
  *    registration, evctl, raise, popping deliveries for AEM_IOC_WAIT (held
  *    across the copy to user space, so a delivery that faults can be put
  *    back before anyone can clean its registration), ring setup, signal
- *    setup, the reap work and the final teardown. It protects
- *    ctx->regs contents against concurrent destruction: a registration
- *    found in ctx->regs under ctx->mutex stays alive until the mutex is
- *    dropped, because only a holder of ctx->mutex destroys one.
- *    It is never held while sleeping for events.
+ *    setup, the re-check of level-triggered sources, the reap work and
+ *    the final teardown. It protects ctx->regs contents against
+ *    concurrent destruction: a registration found in ctx->regs under
+ *    ctx->mutex stays alive until the mutex is dropped, because only a
+ *    holder of ctx->mutex destroys one. It is never held while sleeping
+ *    for events.
  * 3) ctx->lock (spinlock, irq-safe): the priority queue (bitmap, level
- *    lists, overflow list), the reap list, every registration's pending
- *    state (count, value, error, state bits, stats), the ring producer
- *    side, the doorbell, and ctx->sig_task/signo. It is taken from any
- *    context (hardirq: hrtimers; wait-queue callbacks), always with
- *    spin_lock_irqsave(), and nothing is called under it that takes
- *    another lock except wake-free list/bitmap operations, queue_work()
- *    and irq_work_queue() (both lock-free or with leaf locks).
+ *    lists, overflow list), the reap and re-check lists, the boost
+ *    request, every registration's pending state (count, value, error,
+ *    state bits, stats), the ring producer side, the doorbell, and
+ *    ctx->sig_task/signo. It is taken from any context (hardirq:
+ *    hrtimers; wait-queue callbacks), always with spin_lock_irqsave().
+ *    Under it the core only manipulates lists and bitmaps, writes the
+ *    ring, and calls schedule_work() and irq_work_queue(), which take
+ *    leaf locks at most: no wake-up, no signal, no family callback.
  *
  * Lock order: aem_family_lock -> ctx->mutex -> (family locks,
  * hrtimer base, wait-queue head locks) -> ctx->lock.
@@ -44,25 +48,39 @@
  * under mmap_lock and takes only ctx->lock, so mmap_lock -> ctx->mutex
  * never happens (ctx->mutex -> mmap_lock does, via copy_to_user()).
  *
+ * Deferred work: ctx->kick (irq_work: wake-ups and the doorbell signal),
+ * ctx->reap_work (destroys registrations whose final delivery was taken;
+ * takes ctx->mutex) and ctx->boost_work (set_user_nice(), sleepable; its
+ * own fields are only touched by itself and by ->release() after
+ * cancel_work_sync()). All three are queued under ctx->lock, which is
+ * fine: queueing takes only leaf locks.
+ *
  * Lifetime: the file owns the context. ->release() destroys every
  * registration (family teardown first, so no activation can follow), then
- * flushes the reap work and the irq_work, then frees the context. Each
- * registration pins its family's module; the fops pin aem.ko.
+ * flushes the reap work, the irq_work and the boost work, restores a
+ * boosted thread, then frees the context. Each registration pins its
+ * family's module; the fops pin aem.ko. Tested on a lockdep + KASAN +
+ * DEBUG_ATOMIC_SLEEP + DEBUG_OBJECTS build of the same 6.1 source.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
 #include <linux/bitops.h>
+#include <linux/cred.h>
 #include <linux/debugfs.h>
 #include <linux/fs.h>
+#include <linux/hashtable.h>
 #include <linux/hrtimer.h>
 #include <linux/irq_work.h>
 #include <linux/miscdevice.h>
 #include <linux/mm.h>
+#include <linux/overflow.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
 #include <linux/poll.h>
+#include <linux/seq_file.h>
 #include <linux/pid.h>
 #include <linux/sched/mm.h>
+#include <linux/sched/prio.h>
 #include <linux/sched/signal.h>
 #include <linux/sched/task.h>
 #include <linux/slab.h>
@@ -82,6 +100,11 @@ static unsigned int max_regs = 65536;
 module_param(max_regs, uint, 0644);
 MODULE_PARM_DESC(max_regs, "Registrations per context (default 65536)");
 
+static unsigned int max_regs_per_user = 1048576;
+module_param(max_regs_per_user, uint, 0644);
+MODULE_PARM_DESC(max_regs_per_user,
+		 "Registrations per user (effective uid of the opener) over all contexts (default 1048576)");
+
 static unsigned int max_pending = 65536;
 module_param(max_pending, uint, 0644);
 MODULE_PARM_DESC(max_pending,
@@ -97,10 +120,15 @@ module_param(allowed_exec, uint, 0644);
 MODULE_PARM_DESC(allowed_exec,
 		 "Bit (1 << AEM_EXEC_x): executor x may be used (default 0x7: all)");
 
-static unsigned int boost_ceiling;
-module_param(boost_ceiling, uint, 0644);
+static unsigned int boost_prio;
+module_param(boost_prio, uint, 0644);
+MODULE_PARM_DESC(boost_prio,
+		 "While a registration of this priority or higher is pending, the context's thread runs at boost_ceiling; 0: no boosting (default 0)");
+
+static int boost_ceiling;
+module_param(boost_ceiling, int, 0644);
 MODULE_PARM_DESC(boost_ceiling,
-		 "Highest registration priority that may raise the process priority, 0: no boosting (default 0)");
+		 "Nice value of a boosted thread: the admin's ceiling, applied without the thread's own permission, never lowering its priority (default 0)");
 
 static unsigned long long min_timer_period_ns = 100000;
 module_param(min_timer_period_ns, ullong, 0644);
@@ -153,6 +181,9 @@ struct aem_pnode {
  * @value:      merged family value not yet delivered (ctx->lock)
  * @error:      error to deliver, 0: none (ctx->lock)
  * @reap_link:  on ctx->reap once its final delivery was taken (ctx->lock)
+ * @recheck_link: on ctx->recheck while the family must re-check the source
+ *              in the owner's context (level trigger, key-less wakeups)
+ *              (ctx->lock)
  * @timeout:    AEM_CTL_SET_TIMEOUT, 0: none (ctx->mutex to set)
  * @last_act:   time of the last activation, for the timeout (ctx->lock)
  * @tmo_timer:  the timeout timer
@@ -173,6 +204,7 @@ struct aem_event {
 	u64 value;
 	int error;
 	struct list_head reap_link;
+	struct list_head recheck_link;
 	ktime_t timeout;
 	ktime_t last_act;
 	struct hrtimer tmo_timer;
@@ -205,6 +237,20 @@ struct aem_ring {
 };
 
 /**
+ * struct aem_user - per-user accounting (the opener's effective uid)
+ * @node:  in aem_users (aem_users_lock)
+ * @uid:   the user
+ * @refs:  contexts of this user (aem_users_lock)
+ * @nregs: registrations of this user, all contexts
+ */
+struct aem_user {
+	struct hlist_node node;
+	kuid_t uid;
+	unsigned int refs;
+	atomic_t nregs;
+};
+
+/**
  * struct aem_ctx - one open of /dev/aem
  * @lock:        see LOCKING
  * @bitmap:      bit p set while ctx->level[p] is not empty (ctx->lock)
@@ -214,6 +260,8 @@ struct aem_ring {
  * @overload:    the context's own node for overload notifications
  * @overload_count: activations deferred since the last notification
  * @reap:        registrations whose final delivery was taken (ctx->lock)
+ * @recheck:     registrations whose family->recheck() must run in the
+ *               owner's context before the next pop (ctx->lock)
  * @doorbell:    signal sent, nothing re-armed it yet (ctx->lock; used
  *               when there is no ring, else ring->hdr->doorbell)
  * @signo:       doorbell signal, 0: none (ctx->lock)
@@ -228,6 +276,13 @@ struct aem_ring {
  * @regs:        id -> struct aem_event (xarray; ctx->mutex for changes)
  * @next_id:     cyclic id allocation hint
  * @nregs:       entries in @regs (ctx->mutex)
+ * @opener:      the thread that opened the context (referenced)
+ * @user:        the opener's struct aem_user (referenced)
+ * @boost_want:  a pending level >= boost_prio exists (ctx->lock)
+ * @boost_work:  applies @boost_want: sleepable, serialised by the wq
+ * @boosted:     the thread we boosted, referenced, or NULL (boost_work)
+ * @boost_nice:  the nice value we set (boost_work)
+ * @saved_nice:  its nice value before (boost_work)
  * @tgid:        the owning thread group (referenced)
  * @mm:          the owning mm (mmgrab()ed)
  */
@@ -240,6 +295,7 @@ struct aem_ctx {
 	struct aem_pnode overload;
 	u64 overload_count;
 	struct list_head reap;
+	struct list_head recheck;
 	bool doorbell;
 	int signo;
 	struct task_struct *sig_task;
@@ -251,13 +307,56 @@ struct aem_ctx {
 	struct xarray regs;
 	u32 next_id;
 	u32 nregs;
+	struct task_struct *opener;
+	struct aem_user *user;
+	bool boost_want;
+	struct work_struct boost_work;
+	struct task_struct *boosted;
+	int boost_nice;
+	int saved_nice;
 	struct pid *tgid;
 	struct mm_struct *mm;
 };
 
+static const struct file_operations aem_fops;
 static DEFINE_MUTEX(aem_family_lock);
 static LIST_HEAD(aem_families);
 static struct dentry *aem_debugfs;
+static DEFINE_MUTEX(aem_users_lock);
+static DEFINE_HASHTABLE(aem_users, 6);
+
+static struct aem_user *aem_user_get(kuid_t uid)
+{
+	struct aem_user *u;
+
+	mutex_lock(&aem_users_lock);
+	hash_for_each_possible(aem_users, u, node, __kuid_val(uid)) {
+		if (uid_eq(u->uid, uid)) {
+			u->refs++;
+			goto out;
+		}
+	}
+	u = kzalloc(sizeof(*u), GFP_KERNEL);
+	if (u) {
+		u->uid = uid;
+		u->refs = 1;
+		hash_add(aem_users, &u->node, __kuid_val(uid));
+	}
+out:
+	mutex_unlock(&aem_users_lock);
+	return u;
+}
+
+static void aem_user_put(struct aem_user *u)
+{
+	mutex_lock(&aem_users_lock);
+	if (!--u->refs) {
+		WARN_ON_ONCE(atomic_read(&u->nregs));
+		hash_del(&u->node);
+		kfree(u);
+	}
+	mutex_unlock(&aem_users_lock);
+}
 
 /* ---- Families ---- */
 
@@ -487,6 +586,10 @@ static bool aem_pop(struct aem_ctx *ctx, struct aem_delivery *d)
 	if (d->flags & AEM_DLV_FINAL) {
 		reg->state |= AEM_RS_DOOMED;
 		list_add_tail(&reg->reap_link, &ctx->reap);
+	} else if (reg->fam->recheck && !(reg->flags & AEM_EDGE) &&
+		   list_empty(&reg->recheck_link)) {
+		/* Level trigger: still ready at the next pop? */
+		list_add_tail(&reg->recheck_link, &ctx->recheck);
 	}
 	return true;
 }
@@ -549,11 +652,69 @@ static u32 aem_ring_refill(struct aem_ctx *ctx)
 		ring->ktail++;
 		n++;
 	}
-	/* Entries before tail; pairs with the consumer's load-acquire. */
-	if (n)
+	if (n) {
+		/* Entries before tail; pairs with the consumer's acquire. */
 		smp_store_release(&ring->hdr->tail, ring->ktail);
-	WRITE_ONCE(ring->hdr->backlog, ctx->bitmap ? 1 : 0);
+	}
+	WRITE_ONCE(ring->hdr->backlog,
+		   ctx->bitmap || !list_empty(&ctx->recheck) ? 1 : 0);
 	return n;
+}
+
+/*
+ * Process priority enforcement (a ceiling, not priority inheritance):
+ * while something of priority >= boost_prio is pending, the context's
+ * thread (the doorbell thread, else the opener) runs at nice
+ * boost_ceiling, if that is better than its own; it is restored when
+ * nothing that urgent is pending any more, unless someone changed its
+ * nice value meanwhile. set_user_nice() checks no permission, so the
+ * ceiling is the admin's (root-only module parameters), and it never
+ * makes a thread less urgent. ctx->lock held; the work does the rest.
+ */
+static void aem_boost_check(struct aem_ctx *ctx)
+{
+	unsigned int p = READ_ONCE(boost_prio);
+	bool want = p && p <= AEM_PRIO_MAX && (ctx->bitmap >> p);
+
+	if (want != ctx->boost_want) {
+		ctx->boost_want = want;
+		schedule_work(&ctx->boost_work);
+	}
+}
+
+static void aem_unboost(struct aem_ctx *ctx)
+{
+	if (!ctx->boosted)
+		return;
+	if (task_nice(ctx->boosted) == ctx->boost_nice)
+		set_user_nice(ctx->boosted, ctx->saved_nice);
+	put_task_struct(ctx->boosted);
+	ctx->boosted = NULL;
+}
+
+static void aem_boost_fn(struct work_struct *work)
+{
+	struct aem_ctx *ctx = container_of(work, struct aem_ctx, boost_work);
+	struct task_struct *task;
+	unsigned long flags;
+	int target;
+	bool want;
+
+	spin_lock_irqsave(&ctx->lock, flags);
+	want = ctx->boost_want;
+	task = get_task_struct(ctx->sig_task ? ctx->sig_task : ctx->opener);
+	spin_unlock_irqrestore(&ctx->lock, flags);
+
+	if (!want || ctx->boosted != task)
+		aem_unboost(ctx);
+	target = clamp(READ_ONCE(boost_ceiling), MIN_NICE, MAX_NICE);
+	if (want && !ctx->boosted && target < task_nice(task)) {
+		ctx->saved_nice = task_nice(task);
+		ctx->boost_nice = target;
+		set_user_nice(task, target);
+		ctx->boosted = get_task_struct(task);
+	}
+	put_task_struct(task);
 }
 
 /* After pops: reap what got its final delivery. ctx->lock held. */
@@ -561,11 +722,13 @@ static void aem_after_pop(struct aem_ctx *ctx)
 {
 	if (!list_empty(&ctx->reap))
 		schedule_work(&ctx->reap_work);
+	aem_boost_check(ctx);
 }
 
 /* Something became pending: refill the ring, kick the irq_work. */
 static void aem_pending_changed(struct aem_ctx *ctx)
 {
+	aem_boost_check(ctx);
 	if (ctx->ring) {
 		aem_ring_refill(ctx);
 		aem_after_pop(ctx);
@@ -593,8 +756,12 @@ void aem_activate(struct aem_event *reg, u64 count, u64 value,
 	spin_lock_irqsave(&ctx->lock, flags);
 	if (reg->state & AEM_RS_DOOMED)
 		goto out;
-	reg->stats.activations += count;
-	reg->count += count;
+	/* Saturate: a count can never wrap to a small number. */
+	if (check_add_overflow(reg->stats.activations, count,
+			       &reg->stats.activations))
+		reg->stats.activations = U64_MAX;
+	if (check_add_overflow(reg->count, count, &reg->count))
+		reg->count = U64_MAX;
 	switch (how) {
 	case AEM_VALUE_SET:
 		reg->value = value;
@@ -641,11 +808,13 @@ static void aem_kick_fn(struct irq_work *work)
 	ring = ctx->ring;
 	if (signo && ctx->sig_task) {
 		if (ring) {
-			if (aem_ring_nonempty(ctx) || ctx->bitmap) {
+			if (aem_ring_nonempty(ctx) || ctx->bitmap ||
+			    !list_empty(&ctx->recheck)) {
 				if (!xchg(&ring->hdr->doorbell, 1))
 					task = ctx->sig_task;
 			}
-		} else if (ctx->bitmap && !ctx->doorbell) {
+		} else if ((ctx->bitmap || !list_empty(&ctx->recheck)) &&
+			   !ctx->doorbell) {
 			ctx->doorbell = true;
 			task = ctx->sig_task;
 		}
@@ -658,6 +827,57 @@ static void aem_kick_fn(struct irq_work *work)
 	info.si_signo = signo;
 	info.si_code = SI_KERNEL;
 	send_sig_info(signo, &info, task);
+}
+
+/**
+ * aem_recheck_later() - have the family re-check @reg's source
+ * @reg: the registration
+ *
+ * For wakeups that do not say what happened (a poll key of 0): the
+ * family's recheck() runs in the owner's context (AEM_IOC_WAIT, poll())
+ * before the next pop. Any context; never allocates.
+ */
+void aem_recheck_later(struct aem_event *reg)
+{
+	struct aem_ctx *ctx = reg->ctx;
+	unsigned long flags;
+
+	spin_lock_irqsave(&ctx->lock, flags);
+	if (!(reg->state & AEM_RS_DOOMED) && list_empty(&reg->recheck_link)) {
+		list_add_tail(&reg->recheck_link, &ctx->recheck);
+		if (ctx->ring)
+			WRITE_ONCE(ctx->ring->hdr->backlog, 1);
+		irq_work_queue(&ctx->kick);
+	}
+	spin_unlock_irqrestore(&ctx->lock, flags);
+}
+EXPORT_SYMBOL_GPL(aem_recheck_later);
+
+/*
+ * Run family->recheck() for everything on ctx->recheck; ctx->mutex held,
+ * in the owner's context. Each entry is unlinked under ctx->lock before
+ * its recheck runs, so a pop from the activation path (ring refill) can
+ * queue it again meanwhile.
+ */
+static void aem_run_recheck(struct aem_ctx *ctx)
+{
+	struct aem_event *reg;
+	unsigned long flags;
+
+	if (list_empty_careful(&ctx->recheck))
+		return;
+	for (;;) {
+		spin_lock_irqsave(&ctx->lock, flags);
+		reg = list_first_entry_or_null(&ctx->recheck, struct aem_event,
+					       recheck_link);
+		if (reg)
+			list_del_init(&reg->recheck_link);
+		spin_unlock_irqrestore(&ctx->lock, flags);
+		if (!reg)
+			break;
+		if (!(READ_ONCE(reg->state) & AEM_RS_DOOMED))
+			reg->fam->recheck(reg);
+	}
 }
 
 /* ---- Registrations ---- */
@@ -703,8 +923,11 @@ static void aem_reg_destroy(struct aem_ctx *ctx, struct aem_event *reg)
 	reg->state |= AEM_RS_DOOMED;
 	aem_dequeue(ctx, reg);
 	list_del_init(&reg->reap_link);
+	list_del_init(&reg->recheck_link);
+	aem_boost_check(ctx);
 	spin_unlock_irqrestore(&ctx->lock, flags);
 	ctx->nregs--;
+	atomic_dec(&ctx->user->nregs);
 	kfree(reg);
 	module_put(fam->owner);
 }
@@ -818,14 +1041,17 @@ static int aem_ioc_register(struct aem_ctx *ctx, void __user *uarg)
 	ret = -EMFILE;
 	if (ctx->nregs >= READ_ONCE(max_regs))
 		goto out_unlock;
+	ret = -EDQUOT;
+	if (atomic_inc_return(&ctx->user->nregs) > READ_ONCE(max_regs_per_user))
+		goto out_unuser;
 	ret = -ENOMEM;
 	if (aem_should_fail(&aem_fail_reg_alloc))
-		goto out_unlock;
+		goto out_unuser;
 	reg = kzalloc(struct_size(reg, priv,
 				  DIV_ROUND_UP(fam->priv_size, sizeof(long))),
 		      GFP_KERNEL_ACCOUNT);
 	if (!reg)
-		goto out_unlock;
+		goto out_unuser;
 	reg->ctx = ctx;
 	reg->fam = fam;
 	reg->type = kreg.type;
@@ -835,6 +1061,7 @@ static int aem_ioc_register(struct aem_ctx *ctx, void __user *uarg)
 	INIT_LIST_HEAD(&reg->node.link);
 	reg->node.prio = prio;
 	INIT_LIST_HEAD(&reg->reap_link);
+	INIT_LIST_HEAD(&reg->recheck_link);
 	hrtimer_init(&reg->tmo_timer, CLOCK_MONOTONIC, HRTIMER_MODE_REL);
 	reg->tmo_timer.function = aem_tmo_fn;
 	if (kreg.flags & AEM_DISABLED)
@@ -855,12 +1082,15 @@ static int aem_ioc_register(struct aem_ctx *ctx, void __user *uarg)
 	xa_store(&ctx->regs, id, reg, GFP_KERNEL);	/* slot exists */
 	reg->state |= AEM_RS_LIVE;
 	mutex_unlock(&ctx->mutex);
-	if (put_user(reg->id, &((struct aem_reg __user *)uarg)->id))
+	/* @reg may be cleaned by another thread from here on. */
+	if (put_user(id, &((struct aem_reg __user *)uarg)->id))
 		return -EFAULT;	/* the registration stays; id was returned */
 	return id;
 
 out_free:
 	kfree(reg);
+out_unuser:
+	atomic_dec(&ctx->user->nregs);
 out_unlock:
 	mutex_unlock(&ctx->mutex);
 out_put:
@@ -932,6 +1162,7 @@ static int aem_ctl_set_prio(struct aem_ctx *ctx, struct aem_event *reg,
 	} else {
 		reg->node.prio = prio;
 	}
+	aem_boost_check(ctx);
 	spin_unlock_irqrestore(&ctx->lock, flags);
 	return 0;
 }
@@ -950,6 +1181,7 @@ static int aem_ctl_enable(struct aem_ctx *ctx, struct aem_event *reg, bool on)
 	} else {
 		reg->state |= AEM_RS_DISABLED;
 		aem_dequeue(ctx, reg);
+		aem_boost_check(ctx);
 	}
 	spin_unlock_irqrestore(&ctx->lock, flags);
 	return 0;
@@ -1056,7 +1288,7 @@ static unsigned int aem_pop_batch(struct aem_ctx *ctx,
 	spin_lock_irqsave(&ctx->lock, flags);
 	while (n < max && aem_pop(ctx, &buf[n]))
 		n++;
-	if (!ctx->bitmap)
+	if (!ctx->bitmap && list_empty(&ctx->recheck))
 		ctx->doorbell = false;	/* nothing left: re-arm */
 	aem_after_pop(ctx);
 	spin_unlock_irqrestore(&ctx->lock, flags);
@@ -1089,7 +1321,7 @@ static int aem_copy_deliveries(struct aem_ctx *ctx, u8 __user *dst,
 
 static bool aem_has_pending(struct aem_ctx *ctx)
 {
-	return READ_ONCE(ctx->bitmap) != 0;
+	return READ_ONCE(ctx->bitmap) || !list_empty_careful(&ctx->recheck);
 }
 
 /* Sleep until something is pending: 1, 0 on timeout, -EINTR. */
@@ -1137,10 +1369,13 @@ static int aem_ioc_wait(struct aem_ctx *ctx, void __user *uarg)
 	if (w.flags & AEM_WAIT_REFILL) {
 		if (!ctx->ring)
 			return -EINVAL;
+		mutex_lock(&ctx->mutex);
+		aem_run_recheck(ctx);
 		spin_lock_irqsave(&ctx->lock, flags);
 		n = aem_ring_refill(ctx);
 		aem_after_pop(ctx);
 		spin_unlock_irqrestore(&ctx->lock, flags);
+		mutex_unlock(&ctx->mutex);
 		irq_work_queue(&ctx->kick);
 		return n;
 	}
@@ -1163,6 +1398,7 @@ static int aem_ioc_wait(struct aem_ctx *ctx, void __user *uarg)
 			goto out;
 		/* Pop and copy under ctx->mutex: see aem_unpop(). */
 		mutex_lock(&ctx->mutex);
+		aem_run_recheck(ctx);
 		do {
 			n = aem_pop_batch(ctx, buf, min(chunk, w.max - total));
 			ret = aem_copy_deliveries(ctx, dst, w.dsize, buf, n);
@@ -1299,9 +1535,11 @@ static int aem_ioc_info(void __user *uarg)
 	info.prio_levels = AEM_PRIO_LEVELS;
 	info.max_regs = READ_ONCE(max_regs);
 	info.max_pending = READ_ONCE(max_pending);
+	info.max_regs_per_user = READ_ONCE(max_regs_per_user);
 	info.min_timer_period_ns = READ_ONCE(min_timer_period_ns);
 	info.allowed_types = READ_ONCE(allowed_types);
 	info.allowed_exec = READ_ONCE(allowed_exec);
+	info.boost_prio = READ_ONCE(boost_prio);
 	info.boost_ceiling = READ_ONCE(boost_ceiling);
 	info.delivery_size = sizeof(struct aem_delivery);
 	mutex_lock(&aem_family_lock);
@@ -1313,6 +1551,18 @@ static int aem_ioc_info(void __user *uarg)
 	mutex_unlock(&aem_family_lock);
 	return aem_copy_out(uarg, &info, sizeof(info));
 }
+
+/**
+ * aem_file_is_ctx() - is @file an AEM context?
+ * @file: any file
+ *
+ * Families refuse to watch AEM contexts (no loops, no reference cycles).
+ */
+bool aem_file_is_ctx(struct file *file)
+{
+	return file->f_op == &aem_fops;
+}
+EXPORT_SYMBOL_GPL(aem_file_is_ctx);
 
 /* The context may only be used by the thread group (and mm) it belongs to. */
 static bool aem_is_owner(struct aem_ctx *ctx)
@@ -1355,6 +1605,12 @@ static __poll_t aem_poll(struct file *file, poll_table *pt)
 	if (!aem_is_owner(ctx))
 		return EPOLLERR;
 	poll_wait(file, &ctx->wq, pt);
+	if (!list_empty_careful(&ctx->recheck)) {
+		/* Level-triggered sources: are they still ready? */
+		mutex_lock(&ctx->mutex);
+		aem_run_recheck(ctx);
+		mutex_unlock(&ctx->mutex);
+	}
 	if (READ_ONCE(ctx->bitmap) || aem_ring_nonempty(ctx))
 		return EPOLLIN | EPOLLRDNORM;
 	return 0;
@@ -1390,16 +1646,25 @@ static int aem_open(struct inode *inode, struct file *file)
 	ctx = kzalloc(sizeof(*ctx), GFP_KERNEL_ACCOUNT);
 	if (!ctx)
 		return -ENOMEM;
+	/* Accounted to the opener, checked against the opener's limits. */
+	ctx->user = aem_user_get(file->f_cred->euid);
+	if (!ctx->user) {
+		kfree(ctx);
+		return -ENOMEM;
+	}
 	spin_lock_init(&ctx->lock);
 	for (i = 0; i < AEM_PRIO_LEVELS; i++)
 		INIT_LIST_HEAD(&ctx->level[i]);
 	INIT_LIST_HEAD(&ctx->overflow);
 	INIT_LIST_HEAD(&ctx->reap);
+	INIT_LIST_HEAD(&ctx->recheck);
 	INIT_LIST_HEAD(&ctx->overload.link);
 	ctx->overload.prio = AEM_PRIO_MAX;
 	init_waitqueue_head(&ctx->wq);
 	init_irq_work(&ctx->kick, aem_kick_fn);
 	INIT_WORK(&ctx->reap_work, aem_reap_fn);
+	INIT_WORK(&ctx->boost_work, aem_boost_fn);
+	ctx->opener = get_task_struct(current);
 	mutex_init(&ctx->mutex);
 	xa_init_flags(&ctx->regs, XA_FLAGS_ALLOC1 | XA_FLAGS_ACCOUNT);
 	ctx->tgid = get_pid(task_tgid(current));
@@ -1426,6 +1691,10 @@ static int aem_release(struct inode *inode, struct file *file)
 	/* No registration is left to activate, pop or time out. */
 	cancel_work_sync(&ctx->reap_work);
 	irq_work_sync(&ctx->kick);
+	cancel_work_sync(&ctx->boost_work);
+	aem_unboost(ctx);
+	put_task_struct(ctx->opener);
+	aem_user_put(ctx->user);
 	WARN_ON_ONCE(ctx->bitmap & ~BIT_ULL(AEM_PRIO_MAX));
 	if (ctx->sig_task)
 		put_task_struct(ctx->sig_task);
@@ -1442,7 +1711,31 @@ static int aem_release(struct inode *inode, struct file *file)
 	return 0;
 }
 
+/* /proc/<pid>/fdinfo/<fd>: a summary of the context. */
+static void aem_show_fdinfo(struct seq_file *m, struct file *file)
+{
+	struct aem_ctx *ctx = file->private_data;
+	unsigned long flags;
+	u32 npending, ring;
+	u64 bitmap;
+	int signo;
+
+	spin_lock_irqsave(&ctx->lock, flags);
+	npending = ctx->npending;
+	bitmap = ctx->bitmap;
+	signo = ctx->signo;
+	ring = ctx->ring ? ctx->ring->entries : 0;
+	spin_unlock_irqrestore(&ctx->lock, flags);
+	seq_printf(m, "aem-tgid:\t%d\n", pid_nr(ctx->tgid));
+	seq_printf(m, "aem-regs:\t%u\n", READ_ONCE(ctx->nregs));
+	seq_printf(m, "aem-pending:\t%u\n", npending);
+	seq_printf(m, "aem-levels:\t%016llx\n", bitmap);
+	seq_printf(m, "aem-signal:\t%d\n", signo);
+	seq_printf(m, "aem-ring-entries:\t%u\n", ring);
+}
+
 static const struct file_operations aem_fops = {
+	.show_fdinfo	= aem_show_fdinfo,
 	.owner		= THIS_MODULE,
 	.open		= aem_open,
 	.release	= aem_release,

@@ -19,6 +19,7 @@
 #include "uapi/linux/aem.h"
 
 struct aem_event;
+struct file;
 
 /**
  * struct aem_family - an event family
@@ -36,6 +37,10 @@ struct aem_event;
  *             never calls aem_activate() for @reg again
  * @raise:     optional: AEM_IOC_RAISE for this family
  * @filter:    optional: AEM_CTL_FILTER for this family
+ * @recheck:   optional: re-check the source in the owner's context and
+ *             aem_activate() if it is (still) ready; runs for level
+ *             triggered registrations (no AEM_EDGE) after each delivery,
+ *             and after aem_recheck_later(); may sleep
  * @list:      the core's list of families; private to the core
  */
 struct aem_family {
@@ -49,6 +54,7 @@ struct aem_family {
 	void (*teardown)(struct aem_event *reg);
 	int (*raise)(struct aem_event *reg, u64 count, u64 value);
 	int (*filter)(struct aem_event *reg, u64 mask);
+	void (*recheck)(struct aem_event *reg);
 	struct list_head list;
 };
 
@@ -70,6 +76,9 @@ void aem_unregister_family(struct aem_family *fam);
  */
 void aem_activate(struct aem_event *reg, u64 count, u64 value,
 		  enum aem_value_merge how);
+
+void aem_recheck_later(struct aem_event *reg);
+bool aem_file_is_ctx(struct file *file);
 
 void *aem_reg_priv(struct aem_event *reg);
 u32 aem_reg_flags(const struct aem_event *reg);

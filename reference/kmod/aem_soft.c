@@ -10,7 +10,9 @@
 
 #include "aem_family.h"
 
+#ifndef AEM_SOFT_VERSION
 #define AEM_SOFT_VERSION	1
+#endif
 
 static int aem_soft_setup(struct aem_event *reg, const union aem_reg_arg *arg)
 {

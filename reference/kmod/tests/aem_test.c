@@ -10,6 +10,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -17,7 +18,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -25,7 +31,7 @@
 
 #include <linux/aem.h>
 
-#define NTESTS 24
+#define NTESTS 35
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 static int test_no;
@@ -102,6 +108,16 @@ static int reg_raw(int fd, uint32_t type, uint32_t flags, int64_t v, int64_t p)
 static int reg_soft(int fd, uint32_t flags)
 {
 	return reg_raw(fd, AEM_EV_SOFT, flags, 0, 0);
+}
+
+static int reg_fd(int fd, int watched, uint32_t events, uint32_t flags)
+{
+	struct aem_reg r = { .size = sizeof(r), .type = AEM_EV_FD,
+			     .flags = flags };
+
+	r.arg.fd.fd = watched;
+	r.arg.fd.events = events;
+	return xioctl(fd, AEM_IOC_REGISTER, &r);
 }
 
 static int ctl(int fd, int id, unsigned int op, uint64_t arg)
@@ -263,7 +279,10 @@ static void t_invalid(void)
 	memset(big, 0, sizeof(big));
 	REG0(); memcpy(big, &r, sizeof(r));
 	((struct aem_reg *)big)->size = sizeof(r) + 16;
-	CHECK(xioctl(dev_fd, AEM_IOC_REGISTER, big) > 0, "bigger zero tail");
+	id = xioctl(dev_fd, AEM_IOC_REGISTER, big);
+	CHECK(id > 0, "bigger zero tail");
+	CHECK(ctl(dev_fd, id, AEM_CTL_CLEAN, 0) == 0, "clean");
+	((struct aem_reg *)big)->id = 0;
 	big[sizeof(r) + 3] = 1;
 	CHECK(xioctl(dev_fd, AEM_IOC_REGISTER, big) == -E2BIG, "nonzero tail");
 	REG0(); r.reserved0 = 1;
@@ -654,10 +673,19 @@ static void t_wait_blocking(void)
 	struct poller pl = { dev_fd, -1 };
 	pthread_t th;
 	uint64_t t0;
-	int n, id = reg_raw(dev_fd, AEM_EV_TIMER, 0, 60000000, 0);
+	int n, id = reg_soft(dev_fd, 0);
 
+	/* A thread blocked in poll() wakes on an activation. */
 	CHECK(id > 0, "register");
 	pthread_create(&th, NULL, poller_fn, &pl);
+	sleep_ms(30);
+	CHECK(raise_ev(dev_fd, id, 1, 0) == 0, "raise");
+	pthread_join(th, NULL);
+	CHECK(pl.ready == 1, "poll in a thread woke with %d", pl.ready);
+	CHECK(wait_ev(dev_fd, d, 2, 0) == 1, "wait");
+	ctl(dev_fd, id, AEM_CTL_CLEAN, 0);
+	id = reg_raw(dev_fd, AEM_EV_TIMER, 0, 60000000, 0);
+	CHECK(id > 0, "register");
 	t0 = now_ns(CLOCK_MONOTONIC);
 	n = wait_ev(dev_fd, d, 2, 10000000);
 	CHECK(n == 0, "10ms wait got %d", n);
@@ -665,8 +693,6 @@ static void t_wait_blocking(void)
 	n = wait_ev(dev_fd, d, 2, -1);	/* until the timer fires */
 	CHECK(n == 1 && d[0].id == id, "blocking wait %d", n);
 	CHECK(now_ns(CLOCK_MONOTONIC) - t0 >= 60000000, "timer early");
-	pthread_join(th, NULL);
-	CHECK(pl.ready == 1, "poll in a thread woke with %d", pl.ready);
 	ctl(dev_fd, id, AEM_CTL_CLEAN, 0);
 }
 
@@ -863,6 +889,98 @@ static void t_ring(void)
 	close(fd);
 }
 
+/* The ring's doorbell word: one signal per 0 -> 1, re-armed by user space. */
+static void t_ring_doorbell(void)
+{
+	struct aem_ring_setup rs = { .size = sizeof(rs), .entries = 4 };
+	struct aem_signal sg = { .size = sizeof(sg), .signo = SIGRTMIN + 3 };
+	struct timespec ts = { 0, 0 };
+	struct aem_ring_hdr *hdr;
+	sigset_t set;
+	siginfo_t si;
+	int fd, id;
+	void *m;
+
+	sigemptyset(&set);
+	sigaddset(&set, sg.signo);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+	fd = open("/dev/aem", O_RDWR | O_CLOEXEC);
+	CHECK(fd >= 0, "open");
+	CHECK(xioctl(fd, AEM_IOC_RING_SETUP, &rs) == 0, "setup");
+	m = mmap(NULL, rs.mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	CHECK(m != MAP_FAILED, "mmap");
+	hdr = m;
+	CHECK(xioctl(fd, AEM_IOC_SET_SIGNAL, &sg) == 0, "set signal");
+	id = reg_soft(fd, 0);
+	CHECK(id > 0, "register");
+	CHECK(raise_ev(fd, id, 1, 0) == 0, "raise");
+	sleep_ms(10);
+	CHECK(__atomic_load_n(&hdr->doorbell, __ATOMIC_SEQ_CST) == 1, "doorbell word");
+	CHECK(sigtimedwait(&set, &si, &ts) == sg.signo, "no signal");
+	CHECK(raise_ev(fd, id, 1, 0) == 0, "raise 2");
+	sleep_ms(10);
+	CHECK(sigtimedwait(&set, &si, &ts) < 0, "signal while doorbell rung");
+	/* Consumer: doorbell = 0, then drain the ring. */
+	__atomic_store_n(&hdr->doorbell, 0, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&hdr->head, __atomic_load_n(&hdr->tail, __ATOMIC_ACQUIRE),
+			 __ATOMIC_RELEASE);
+	CHECK(raise_ev(fd, id, 1, 0) == 0, "raise 3");
+	sleep_ms(10);
+	CHECK(sigtimedwait(&set, &si, &ts) == sg.signo, "no signal after re-arm");
+	munmap(m, rs.mmap_size);
+	close(fd);
+	sigprocmask(SIG_UNBLOCK, &set, NULL);
+}
+
+static int tid_signalled, tid_of_waiter;
+
+static void *tid_waiter(void *arg)
+{
+	sigset_t *set = arg;
+	struct timespec ts = { 2, 0 };
+	siginfo_t si;
+
+	__atomic_store_n(&tid_of_waiter, syscall(SYS_gettid), __ATOMIC_SEQ_CST);
+	tid_signalled = sigtimedwait(set, &si, &ts);
+	return NULL;
+}
+
+/* The doorbell is thread-directed: it reaches the thread named by tid. */
+static void t_signal_tid(void)
+{
+	struct aem_signal sg = { .size = sizeof(sg), .signo = SIGRTMIN + 4 };
+	struct timespec ts = { 0, 0 };
+	struct aem_delivery d[2];
+	pthread_t th;
+	sigset_t set;
+	siginfo_t si;
+	int id;
+
+	sigemptyset(&set);
+	sigaddset(&set, sg.signo);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+	tid_signalled = 0;
+	sg.tid = -1;
+	CHECK(xioctl(dev_fd, AEM_IOC_SET_SIGNAL, &sg) == -EINVAL, "tid -1");
+	sg.tid = syscall(SYS_gettid) + 100000;
+	CHECK(xioctl(dev_fd, AEM_IOC_SET_SIGNAL, &sg) == -ESRCH, "no such tid");
+	pthread_create(&th, NULL, tid_waiter, &set);
+	sleep_ms(10);
+	sg.tid = __atomic_load_n(&tid_of_waiter, __ATOMIC_SEQ_CST);
+	CHECK(xioctl(dev_fd, AEM_IOC_SET_SIGNAL, &sg) == 0, "set tid");
+	id = reg_soft(dev_fd, 0);
+	CHECK(id > 0 && raise_ev(dev_fd, id, 1, 0) == 0, "raise");
+	pthread_join(th, NULL);
+	CHECK(tid_signalled == sg.signo, "thread got %d", tid_signalled);
+	CHECK(sigtimedwait(&set, &si, &ts) < 0, "main thread got it too");
+	sg.signo = 0;
+	sg.tid = 0;
+	CHECK(xioctl(dev_fd, AEM_IOC_SET_SIGNAL, &sg) == 0, "off");
+	drain(dev_fd, d, 2);
+	ctl(dev_fd, id, AEM_CTL_CLEAN, 0);
+	sigprocmask(SIG_UNBLOCK, &set, NULL);
+}
+
 static void t_efault_keeps(void)
 {
 	struct aem_delivery d[2];
@@ -930,6 +1048,278 @@ static void t_limits(void)
 	CHECK(e3 > 0, "exec allowed gave %d", e3);
 }
 
+static void t_boost(void)
+{
+	const char *bp = "/sys/module/aem/parameters/boost_prio";
+	const char *bc = "/sys/module/aem/parameters/boost_ceiling";
+	struct aem_delivery d[2];
+	int hi, lo, n0, n1, n2, n3;
+
+	CHECK(write_param(bp, "50") == 0 && write_param(bc, "-5") == 0,
+	      "params");
+	hi = reg_soft(dev_fd, AEM_PRIO(60));
+	lo = reg_soft(dev_fd, AEM_PRIO(10));
+	n0 = getpriority(PRIO_PROCESS, 0);
+	raise_ev(dev_fd, lo, 1, 0);
+	sleep_ms(30);
+	n1 = getpriority(PRIO_PROCESS, 0);
+	raise_ev(dev_fd, hi, 1, 0);
+	sleep_ms(30);
+	n2 = getpriority(PRIO_PROCESS, 0);
+	wait_ev(dev_fd, d, 1, 0);	/* takes the urgent one only */
+	sleep_ms(30);
+	n3 = getpriority(PRIO_PROCESS, 0);
+	write_param(bp, "0");
+	write_param(bc, "0");
+	drain(dev_fd, d, 2);
+	ctl(dev_fd, hi, AEM_CTL_CLEAN, 0);
+	ctl(dev_fd, lo, AEM_CTL_CLEAN, 0);
+	CHECK(hi > 0 && lo > 0, "register");
+	CHECK(n0 == 0 && n1 == 0, "boosted by a low priority: %d %d", n0, n1);
+	CHECK(n2 == -5, "not boosted while urgent pending: nice %d", n2);
+	CHECK(n3 == 0, "not restored after delivery: nice %d", n3);
+}
+
+/*
+ * POLLFREE: watch a signalfd whose sighand is shared with a
+ * CLONE_SIGHAND child, exec (which gives us a fresh sighand, the old one
+ * lives on in the child), then reap the child: the old sighand is freed
+ * and its signalfd wait queue sends POLLFREE to our hook. The kernel log
+ * must stay clean (wake_up_pollfree() WARNs if a hook stays queued).
+ */
+static int sleeper_fn(void *arg)
+{
+	struct timespec ts = { 0, 200000000 };
+
+	(void)arg;
+	nanosleep(&ts, NULL);
+	syscall(SYS_exit, 0);
+	return 0;
+}
+
+static int pollfree_exec(int fd)
+{
+	struct aem_delivery d[1];
+	int st;
+
+	if (waitpid(-1, &st, __WALL) < 0)	/* frees the old sighand */
+		return 2;
+	sleep_ms(20);
+	/* exec changed the mm: the context is no longer ours. */
+	return wait_ev(fd, d, 1, 0) == -EOWNERDEAD ? 0 : 3;
+}
+
+static long pollfree_count(void)
+{
+	char buf[32];
+
+	if (read_param("/sys/kernel/debug/aem_fd/pollfree", buf, sizeof(buf)))
+		return -1;
+	return atol(buf);
+}
+
+static void t_pollfree(void)
+{
+	long before = pollfree_count();
+	pid_t pid = fork();
+	int st;
+
+	if (pid == 0) {
+		size_t stack_size = 65536;
+		char *stack = malloc(stack_size);
+		int fd = open("/dev/aem", O_RDWR);	/* kept across exec */
+		char fds[16];
+		sigset_t set;
+		int sfd;
+
+		sigemptyset(&set);
+		sigaddset(&set, SIGUSR2);
+		sigprocmask(SIG_BLOCK, &set, NULL);
+		sfd = signalfd(-1, &set, SFD_CLOEXEC);
+		if (fd < 0 || sfd < 0 || reg_fd(fd, sfd, POLLIN, 0) <= 0)
+			_exit(4);
+		if (!stack || clone(sleeper_fn, stack + stack_size,
+				    CLONE_VM | CLONE_SIGHAND, NULL) < 0)
+			_exit(5);
+		snprintf(fds, sizeof(fds), "%d", fd);
+		execl("/proc/self/exe", "aem_test", "pollfree-exec", fds, NULL);
+		_exit(6);
+	}
+	CHECK(pid > 0, "fork");
+	waitpid(pid, &st, 0);
+	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %x", st);
+	CHECK(before < 0 || pollfree_count() == before + 1,
+	      "POLLFREE count %ld -> %ld", before, pollfree_count());
+}
+
+/* Control, activation, pops and teardown racing each other. */
+enum { CHAOS_IDS = 64 };
+static int chaos_fd, chaos_stop, chaos_pipe[2];
+static int chaos_ids[CHAOS_IDS];
+static int chaos_bad;
+
+static unsigned int chaos_rand(unsigned int *seed)
+{
+	*seed = *seed * 1103515245u + 12345u;
+	return *seed >> 8;
+}
+
+static void chaos_expect(int r, const char *what)
+{
+	if (r < 0 && r != -ENOENT && r != -EOPNOTSUPP) {
+		if (!__atomic_fetch_add(&chaos_bad, 1, __ATOMIC_SEQ_CST))
+			printf("# chaos %s: %d\n", what, r);
+	}
+}
+
+static void *chaos_fn(void *arg)
+{
+	unsigned int seed = (unsigned int)(uintptr_t)arg * 7919u + 1;
+	long role = (long)(uintptr_t)arg;
+	struct aem_delivery d[8];
+	struct aem_reg_stats st;
+	int i, id, r;
+
+	while (!__atomic_load_n(&chaos_stop, __ATOMIC_SEQ_CST)) {
+		i = chaos_rand(&seed) % CHAOS_IDS;
+		id = __atomic_load_n(&chaos_ids[i], __ATOMIC_SEQ_CST);
+		switch (role) {
+		case 0:	/* register / clean */
+			if (id > 0)
+				chaos_expect(ctl(chaos_fd, id, AEM_CTL_CLEAN, 0), "clean");
+			switch (chaos_rand(&seed) % 4) {
+			case 0:
+				id = reg_raw(chaos_fd, AEM_EV_TIMER,
+					     AEM_PRIO(i % 64), 200000, 200000);
+				break;
+			case 1:
+				id = reg_fd(chaos_fd, chaos_pipe[i & 1],
+					    i & 1 ? POLLOUT : POLLIN,
+					    i & 2 ? AEM_EDGE : 0);
+				break;
+			default:
+				id = reg_soft(chaos_fd, AEM_PRIO(i % 64) |
+					      (i & 4 ? AEM_PER_OCCURRENCE : 0) |
+					      (i & 8 ? AEM_ONESHOT : 0));
+			}
+			chaos_expect(id, "register");
+			__atomic_store_n(&chaos_ids[i], id, __ATOMIC_SEQ_CST);
+			break;
+		case 1:	/* raise */
+			r = raise_ev(chaos_fd, id, 1 + i, i);
+			chaos_expect(r, "raise");
+			break;
+		case 2:	/* pop */
+			chaos_expect(wait_ev(chaos_fd, d, 8, 1000000), "wait");
+			break;
+		default:	/* control */
+			switch (chaos_rand(&seed) % 6) {
+			case 0:
+				r = ctl(chaos_fd, id, AEM_CTL_SET_PRIO, i % 64);
+				break;
+			case 1:
+				r = ctl(chaos_fd, id, AEM_CTL_DISABLE, 0);
+				break;
+			case 2:
+				r = ctl(chaos_fd, id, AEM_CTL_ENABLE, 0);
+				break;
+			case 3:
+				r = ctl(chaos_fd, id, AEM_CTL_SET_TIMEOUT, i % 3);
+				break;
+			case 4:
+				r = stats(chaos_fd, id, &st);
+				break;
+			default:
+				r = 0;
+				if (write(chaos_pipe[1], "c", 1) < 0 ||
+				    read(chaos_pipe[0], d, 1) < 0)
+					r = -errno;
+			}
+			chaos_expect(r, "ctl");
+		}
+	}
+	return NULL;
+}
+
+static void t_chaos(void)
+{
+	pthread_t th[6];
+	long i;
+
+	chaos_fd = open("/dev/aem", O_RDWR | O_CLOEXEC);
+	CHECK(chaos_fd >= 0 && pipe(chaos_pipe) == 0, "open");
+	fcntl(chaos_pipe[0], F_SETFL, O_NONBLOCK);
+	fcntl(chaos_pipe[1], F_SETFL, O_NONBLOCK);
+	chaos_stop = 0;
+	for (i = 0; i < 6; i++)
+		pthread_create(&th[i], NULL, chaos_fn, (void *)(i < 4 ? i : 3));
+	sleep_ms(1500);
+	__atomic_store_n(&chaos_stop, 1, __ATOMIC_SEQ_CST);
+	for (i = 0; i < 6; i++)
+		pthread_join(th[i], NULL);
+	close(chaos_fd);	/* with whatever is live and pending */
+	close(chaos_pipe[0]);
+	close(chaos_pipe[1]);
+	CHECK(!chaos_bad, "%d unexpected errors", chaos_bad);
+}
+
+static int fdinfo_regs(int fd)
+{
+	char path[64], buf[1024], *p;
+	ssize_t n;
+	int f;
+
+	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
+	f = open(path, O_RDONLY);
+	if (f < 0)
+		return -1;
+	n = read(f, buf, sizeof(buf) - 1);
+	close(f);
+	if (n <= 0)
+		return -1;
+	buf[n] = 0;
+	p = strstr(buf, "aem-regs:\t");
+	return p ? atoi(p + 10) : -1;
+}
+
+/* Per-user limit over contexts, and the fdinfo summary. */
+static void t_user_limit_fdinfo(void)
+{
+	const char *pu = "/sys/module/aem/parameters/max_regs_per_user";
+	int a = open("/dev/aem", O_RDWR | O_CLOEXEC);
+	int b = open("/dev/aem", O_RDWR | O_CLOEXEC);
+	char old[32], path[64], buf[1024];
+	int i, ra = 0, rb = 0, r;
+	ssize_t n;
+
+	CHECK(a >= 0 && b >= 0, "open");
+	CHECK(read_param(pu, old, sizeof(old)) == 0, "param");
+	/* dev_fd, of the same user, is the only other context open. */
+	r = fdinfo_regs(dev_fd);
+	CHECK(r >= 0, "fdinfo of dev_fd");
+	snprintf(buf, sizeof(buf), "%d", r + 8);
+	write_param(pu, buf);
+	for (i = 0; i < 5; i++)
+		ra += reg_soft(a, 0) > 0;
+	for (i = 0; i < 3; i++)
+		rb += reg_soft(b, 0) > 0;
+	r = reg_soft(b, 0);
+	write_param(pu, old);
+	CHECK(ra == 5 && rb == 3, "under the limit %d %d", ra, rb);
+	CHECK(r == -EDQUOT, "over the per-user limit: %d", r);
+	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", a);
+	r = open(path, O_RDONLY);
+	CHECK(r >= 0, "fdinfo");
+	n = read(r, buf, sizeof(buf) - 1);
+	close(r);
+	CHECK(n > 0, "fdinfo read");
+	buf[n] = 0;
+	CHECK(strstr(buf, "aem-regs:\t5\n") && strstr(buf, "aem-pending:\t0\n"),
+	      "fdinfo: %s", buf);
+	close(a);
+	close(b);
+}
+
 static void t_close_many(void)
 {
 	enum { NS = 6000, NT = 1000 };
@@ -949,6 +1339,17 @@ static void t_close_many(void)
 		for (i = 0; i < NT; i++) {
 			r = reg_raw(fd, AEM_EV_TIMER, 0, 1000000 + i * 10000, 50000000);
 			CHECK(r > 0, "timer %d: %d", i, r);
+		}
+		{
+			int p[2];
+
+			CHECK(pipe(p) == 0, "pipe");
+			for (i = 0; i < 500; i++)
+				CHECK(reg_fd(fd, p[i & 1], i & 1 ? POLLOUT : POLLIN,
+					     i & 2 ? AEM_EDGE : 0) > 0, "fd reg");
+			CHECK(write(p[1], "z", 1) == 1, "write");
+			close(p[0]);
+			close(p[1]);
 		}
 		sleep_ms(30);	/* timers fire, timeouts expire, nothing consumed */
 		close(fd);
@@ -980,8 +1381,192 @@ static void t_exit_with_live(void)
 	CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "status %x", st);
 }
 
-int main(void)
+static void t_fd_level(void)
 {
+	struct pollfd pa = { .fd = dev_fd, .events = POLLIN };
+	struct aem_delivery d[4];
+	struct aem_reg_info info;
+	int p[2], id, n;
+	char c;
+
+	CHECK(pipe(p) == 0, "pipe");
+	id = reg_fd(dev_fd, p[0], POLLIN, 0);
+	CHECK(id > 0, "register %d", id);
+	CHECK(lookup(dev_fd, id, &info) == 0 && info.fd == p[0] &&
+	      info.type == AEM_EV_FD, "lookup fd %d", info.fd);
+	CHECK(wait_ev(dev_fd, d, 4, 0) == 0, "ready while empty");
+	CHECK(write(p[1], "ab", 2) == 2, "write");
+	n = wait_ev(dev_fd, d, 4, 1000000000);
+	CHECK(n == 1 && d[0].id == id && (d[0].value & POLLIN), "first %d", n);
+	/* Level: still readable, so delivered again (after a re-check). */
+	CHECK(wait_ev(dev_fd, d, 4, 0) == 1 && (d[0].value & POLLIN), "level");
+	CHECK(poll(&pa, 1, 0) == 1, "aem fd not readable while level-ready");
+	CHECK(wait_ev(dev_fd, d, 4, 0) == 1, "level 3");
+	CHECK(read(p[0], &c, 1) == 1, "read");
+	CHECK(wait_ev(dev_fd, d, 4, 0) == 1, "one byte left");
+	CHECK(read(p[0], &c, 1) == 1, "read");
+	CHECK(wait_ev(dev_fd, d, 4, 0) == 0, "delivered after drained");
+	CHECK(poll(&pa, 1, 0) == 0, "aem fd readable after drained");
+	/* Closing the watched fd does not end the watch; clean does. */
+	close(p[0]);
+	CHECK(write(p[1], "x", 1) == 1, "write to kept pipe");
+	CHECK(wait_ev(dev_fd, d, 4, 1000000000) == 1 && d[0].id == id,
+	      "watch ended on close");
+	CHECK(ctl(dev_fd, id, AEM_CTL_CLEAN, 0) == 0, "clean");
+	close(p[1]);
+}
+
+static void t_fd_edge(void)
+{
+	struct aem_delivery d[4];
+	int p[2], id, i;
+
+	CHECK(pipe(p) == 0, "pipe");
+	id = reg_fd(dev_fd, p[0], POLLIN, AEM_EDGE);
+	CHECK(id > 0, "register %d", id);
+	CHECK(write(p[1], "a", 1) == 1, "write");
+	CHECK(wait_ev(dev_fd, d, 4, 1000000000) == 1 && d[0].count == 1,
+	      "first arrival");
+	CHECK(wait_ev(dev_fd, d, 4, 20000000) == 0, "edge fired without arrival");
+	for (i = 0; i < 3; i++)
+		CHECK(write(p[1], "b", 1) == 1, "write");
+	CHECK(wait_ev(dev_fd, d, 4, 1000000000) == 1 && d[0].count == 3 &&
+	      (d[0].value & POLLIN), "3 arrivals: count %llu",
+	      (unsigned long long)d[0].count);
+	/* Peer close: EPOLLHUP is always reported. */
+	close(p[1]);
+	CHECK(wait_ev(dev_fd, d, 4, 1000000000) == 1 && (d[0].value & POLLHUP),
+	      "hup value %llx", (unsigned long long)d[0].value);
+	CHECK(ctl(dev_fd, id, AEM_CTL_CLEAN, 0) == 0, "clean");
+	close(p[0]);
+}
+
+static void t_fd_kinds(void)
+{
+	struct aem_delivery d[4];
+	int p[2], sv[2], efd, ep, fd, id, id2, id3, n;
+	uint64_t one = 1;
+
+	CHECK(pipe(p) == 0 && socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0,
+	      "pipe/socketpair");
+	fd = open("/proc/self/status", O_RDONLY);
+	CHECK(reg_fd(dev_fd, fd, POLLIN, 0) == -EPERM, "regular file");
+	close(fd);
+	CHECK(reg_fd(dev_fd, 999, POLLIN, 0) == -EBADF, "bad fd");
+	CHECK(reg_fd(dev_fd, dev_fd, POLLIN, 0) == -EINVAL, "aem fd");
+	ep = epoll_create1(EPOLL_CLOEXEC);
+	CHECK(reg_fd(dev_fd, ep, POLLIN, 0) == -EINVAL, "epoll fd");
+	close(ep);
+	CHECK(reg_fd(dev_fd, p[0], 0, 0) == -EINVAL, "no events");
+	CHECK(reg_fd(dev_fd, p[0], 0x80000000u, 0) == -EINVAL, "bad events");
+	CHECK(reg_fd(dev_fd, p[0], POLLIN, AEM_ABSTIME) == -EINVAL, "timer flag");
+	/* Write end: writable at once. */
+	id = reg_fd(dev_fd, p[1], POLLOUT, AEM_EDGE);
+	CHECK(id > 0, "register");
+	CHECK(wait_ev(dev_fd, d, 4, 0) == 1 && d[0].id == id &&
+	      (d[0].value & POLLOUT), "writable");
+	CHECK(ctl(dev_fd, id, AEM_CTL_CLEAN, 0) == 0, "clean");
+	/* eventfd */
+	efd = eventfd(0, EFD_CLOEXEC);
+	id = reg_fd(dev_fd, efd, POLLIN, AEM_EDGE);
+	CHECK(id > 0, "register eventfd");
+	CHECK(write(efd, &one, 8) == 8, "eventfd write");
+	CHECK(wait_ev(dev_fd, d, 4, 1000000000) == 1 && d[0].id == id, "eventfd");
+	CHECK(ctl(dev_fd, id, AEM_CTL_CLEAN, 0) == 0, "clean");
+	close(efd);
+	/* Socket: filter POLLPRI -> POLLIN with data already there. */
+	id2 = reg_fd(dev_fd, sv[0], POLLPRI, 0);
+	CHECK(id2 > 0, "register socket");
+	CHECK(write(sv[1], "x", 1) == 1, "send");
+	CHECK(wait_ev(dev_fd, d, 4, 20000000) == 0, "filtered out");
+	CHECK(ctl(dev_fd, id2, AEM_CTL_FILTER, POLLIN) == 0, "filter");
+	CHECK(ctl(dev_fd, id2, AEM_CTL_FILTER, 0) == -EINVAL, "filter 0");
+	n = wait_ev(dev_fd, d, 4, 0);
+	CHECK(n == 1 && (d[0].value & POLLIN), "after filter %d", n);
+	/* Two registrations on one socket both see the peer's close. */
+	id3 = reg_fd(dev_fd, sv[0], POLLRDHUP, AEM_EDGE);
+	CHECK(id3 > 0, "register 2");
+	close(sv[1]);
+	n = drain(dev_fd, d, 4);
+	CHECK(n >= 2, "close seen by %d", n);
+	CHECK(ctl(dev_fd, id2, AEM_CTL_CLEAN, 0) == 0 &&
+	      ctl(dev_fd, id3, AEM_CTL_CLEAN, 0) == 0, "clean");
+	close(sv[0]);
+	close(p[0]);
+	close(p[1]);
+}
+
+static void t_fd_signalfd(void)
+{
+	struct aem_delivery d[4];
+	struct signalfd_siginfo ssi;
+	sigset_t set;
+	int sfd, id;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGUSR2);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+	sfd = signalfd(-1, &set, SFD_CLOEXEC);
+	CHECK(sfd >= 0, "signalfd");
+	id = reg_fd(dev_fd, sfd, POLLIN, 0);
+	CHECK(id > 0, "register %d", id);
+	CHECK(wait_ev(dev_fd, d, 4, 0) == 0, "ready early");
+	kill(getpid(), SIGUSR2);
+	CHECK(wait_ev(dev_fd, d, 4, 1000000000) == 1 && d[0].id == id,
+	      "signalfd delivery");
+	CHECK(read(sfd, &ssi, sizeof(ssi)) == sizeof(ssi), "read");
+	CHECK(wait_ev(dev_fd, d, 4, 0) == 0, "level after read");
+	CHECK(ctl(dev_fd, id, AEM_CTL_CLEAN, 0) == 0, "clean");
+	close(sfd);
+	sigprocmask(SIG_UNBLOCK, &set, NULL);
+}
+
+static void t_family_versions(void)
+{
+	struct aem_reg r = { .size = sizeof(r), .type = AEM_EV_SOFT };
+	struct aem_delivery d[4];
+	struct aem_reg_info info;
+	int a, b;
+
+	a = xioctl(dev_fd, AEM_IOC_REGISTER, &r);
+	r.id = 0;
+	r.family_version = 1;
+	b = xioctl(dev_fd, AEM_IOC_REGISTER, &r);
+	CHECK(a > 0 && b > 0, "register %d %d", a, b);
+	CHECK(lookup(dev_fd, a, &info) == 0 && info.family_version == 2,
+	      "default version %u", info.family_version);
+	CHECK(lookup(dev_fd, b, &info) == 0 && info.family_version == 1,
+	      "explicit version %u", info.family_version);
+	CHECK(raise_ev(dev_fd, a, 1, 0) == 0 && raise_ev(dev_fd, b, 1, 0) == 0,
+	      "raise");
+	CHECK(drain(dev_fd, d, 4) == 2, "deliveries");
+	ctl(dev_fd, a, AEM_CTL_CLEAN, 0);
+	ctl(dev_fd, b, AEM_CTL_CLEAN, 0);
+}
+
+/* "aem_test hold SECONDS VERSION": keep a soft registration of VERSION. */
+static int hold(int secs, int version)
+{
+	struct aem_reg r = { .size = sizeof(r), .type = AEM_EV_SOFT,
+			     .family_version = version };
+	int fd = open("/dev/aem", O_RDWR | O_CLOEXEC);
+
+	if (fd < 0 || xioctl(fd, AEM_IOC_REGISTER, &r) <= 0)
+		return 1;
+	printf("# holding a version %d registration\n", version);
+	fflush(stdout);
+	sleep(secs);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	struct aem_info info = { .size = sizeof(info) };
+
+	if (argc == 3 && !strcmp(argv[1], "pollfree-exec"))
+		return pollfree_exec(atoi(argv[2]));
+	if (argc == 4 && !strcmp(argv[1], "hold"))
+		return hold(atoi(argv[2]), atoi(argv[3]));
 	printf("KTAP version 1\n1..%d\n", NTESTS);
 	fflush(stdout);
 	dev_fd = open("/dev/aem", O_RDWR | O_CLOEXEC);
@@ -992,6 +1577,12 @@ int main(void)
 		return 1;
 	}
 	t_info(); report("info", NULL);
+	xioctl(dev_fd, AEM_IOC_INFO, &info);
+	if (info.family_version[AEM_EV_SOFT] < 2) {
+		report("family_versions", "aem_soft_v2 not loaded");
+	} else {
+		t_family_versions(); report("family_versions", NULL);
+	}
 	t_register_clean(); report("register_clean", NULL);
 	t_id_unique(); report("id_unique", NULL);
 	t_invalid(); report("invalid_input_errno", NULL);
@@ -1013,6 +1604,8 @@ int main(void)
 	t_signal_doorbell(); report("signal_doorbell", NULL);
 	t_foreign_process(); report("foreign_process_eownerdead", NULL);
 	t_ring(); report("ring_mmap_refill", NULL);
+	t_ring_doorbell(); report("ring_doorbell", NULL);
+	t_signal_tid(); report("signal_thread_directed", NULL);
 	t_efault_keeps(); report("efault_keeps_delivery", NULL);
 	if (access(fi, F_OK)) {
 		report("fault_injection", "no debugfs");
@@ -1023,6 +1616,22 @@ int main(void)
 		report("limits", "no module parameters");
 	} else {
 		t_limits(); report("limits", NULL);
+	}
+	t_fd_level(); report("fd_level", NULL);
+	t_fd_edge(); report("fd_edge", NULL);
+	t_fd_kinds(); report("fd_kinds_refusals_filter", NULL);
+	t_fd_signalfd(); report("fd_signalfd_owner_repoll", NULL);
+	if (access(pmax, W_OK)) {
+		report("priority_boost", "no module parameters");
+	} else {
+		t_boost(); report("priority_boost", NULL);
+	}
+	t_pollfree(); report("fd_pollfree_signalfd", NULL);
+	t_chaos(); report("concurrent_chaos", NULL);
+	if (access(pmax, W_OK)) {
+		report("per_user_limit_fdinfo", "no module parameters");
+	} else {
+		t_user_limit_fdinfo(); report("per_user_limit_fdinfo", NULL);
 	}
 	t_close_many(); report("close_with_thousands_live", NULL);
 	t_exit_with_live(); report("sigkill_with_live", NULL);

@@ -102,7 +102,7 @@
 #define AEM_DLV_FINAL		0x1u	/* the id is gone after this one */
 
 /* Event type of a context notification (struct aem_delivery, id 0). */
-#define AEM_EV_OVERLOAD		0	/* error -EOVERFLOW, count = deferred */
+#define AEM_EV_OVERLOAD		0	/* error -EOVERFLOW, see aem_delivery */
 
 /* AEM_IOC_INFO: what the loaded modules offer and the current limits. */
 struct aem_info {
@@ -115,12 +115,14 @@ struct aem_info {
 	__u64 min_timer_period_ns;
 	__u32 allowed_types;	/* bit (1 << AEM_EV_x) may be registered */
 	__u32 allowed_exec;	/* bit (1 << AEM_EXEC_x) may be used */
-	__u32 boost_ceiling;	/* highest priority that may boost, 0: none */
+	__u32 boost_prio;	/* pending at >= this priority boosts, 0: off */
+	__s32 boost_ceiling;	/* nice value while boosted (never lower) */
 	__u32 delivery_size;	/* sizeof(struct aem_delivery) */
+	__u32 max_regs_per_user; /* registrations per user, all contexts */
 	__u32 family_version[16]; /* newest version serving type i, 0: none */
 };
 
-#define AEM_INFO_SIZE_VER0	112
+#define AEM_INFO_SIZE_VER0	120
 
 /* Family arguments of struct aem_reg (union aem_reg_arg). */
 struct aem_timer_arg {		/* AEM_EV_TIMER */
@@ -145,13 +147,14 @@ union aem_reg_arg {
  * stored in @id. Errors: -EINVAL (bad size, flags, priority, type or
  * argument), -E2BIG (non-zero unknown tail), -EPERM (type or executor not
  * allowed by policy), -EOPNOTSUPP (no family module serves the type or the
- * requested version), -EMFILE (max_regs reached), -ENOMEM.
+ * requested version), -EMFILE (max_regs of the context reached), -EDQUOT
+ * (max_regs_per_user reached), -ENOMEM.
  */
 struct aem_reg {
 	__u32 size;		/* sizeof(struct aem_reg) */
 	__u32 type;		/* AEM_EV_* */
 	__u32 flags;		/* AEM_* flags, AEM_PRIO(p) included */
-	__s32 id;		/* out: the registration id */
+	__s32 id;		/* out: the registration id (0 in) */
 	__u64 user_data;	/* opaque, returned in every delivery */
 	__u32 family_version;	/* 0: the newest loaded family of @type */
 	__u32 reserved0;	/* must be 0 */
@@ -217,9 +220,10 @@ struct aem_reg_stats {		/* AEM_CTL_STATS */
 /*
  * One delivery: all occurrences of one registration merged since its last
  * delivery (one per occurrence with AEM_PER_OCCURRENCE), or an error, or a
- * context notification (id 0, type AEM_EV_OVERLOAD, error -EOVERFLOW when
- * the pending limit deferred activations; count says how many; they are
- * delivered later, none is lost).
+ * context notification (id 0, type AEM_EV_OVERLOAD, error -EOVERFLOW, at
+ * AEM_PRIO_MAX: the pending limit deferred registrations; count says how
+ * many since the last notification; they are delivered later, in order,
+ * with every occurrence counted: none is lost).
  */
 struct aem_delivery {
 	__s32 id;		/* registration id, 0: context notification */
