@@ -105,7 +105,14 @@ if [ -n "$CGL_LIBMODULES" ] && [ -d "$R$CGL_LIBMODULES" ]; then
     mount -o bind "$R$CGL_MODDIR" "$R$CGL_LIBMODULES/$REL" \
         || die init "cannot bind $CGL_MODDIR at $CGL_LIBMODULES/$REL"
 fi
+if [ -n "$CGL_KEEP" ] && [ -d "$R$CGL_KEEP" ]; then
+    mkdir -p /keep && mount -o bind "$R$CGL_KEEP" /keep || die init "cannot keep $CGL_KEEP"
+fi
 mount -t tmpfs -o mode=1777 tmpfs $R/tmp || die init "cannot mount tmpfs on /tmp in the chroot"
+if [ -n "$CGL_KEEP" ] && [ -d /keep ]; then
+    mkdir -p "$R$CGL_KEEP" && mount -o bind /keep "$R$CGL_KEEP" \
+        || die init "cannot bind $CGL_KEEP back over the guest's /tmp"
+fi
 [ -d $R/run ] && mount -t tmpfs -o mode=755 tmpfs $R/run
 mkdir -p "$R$CGL_RESULTS" 2>/dev/null
 mount -o bind /results "$R$CGL_RESULTS" || die init "cannot bind the results share at $CGL_RESULTS"

@@ -22,8 +22,8 @@ Failure handling (never hangs CI):
 * ``panic=-1`` plus ``-no-reboot`` make a kernel panic end QEMU at once
   (``error="panic"``).  Oopses are left non-fatal and reported as findings.
 
-Inside the guest: the command runs as root with cwd = the caller's cwd (``/``
-when that path is hidden, e.g. under /tmp), ``/tmp`` and ``/run`` are fresh
+Inside the guest: the command runs as root with cwd = the caller's cwd (a cwd
+under the host's /tmp stays visible, read-only), ``/tmp`` and ``/run`` are fresh
 tmpfs, the host root is read-only except for the results directory (same
 path as on the host), and ``/lib/modules/<release>`` is the fetched kernel's
 module tree.  Environment: ``CGLCERT_GUEST=1``, ``CGLCERT_RESULTS``,
@@ -151,6 +151,9 @@ def _write_control(ctrl: Path, *, kernel: kernels.Kernel, results_dir: Path,
         "CGL_MODDIR": str(kernel.modules_dir.resolve()),
         "CGL_LIBMODULES": libmod if has_libmod else "",
         "CGL_TIMEOUT": str(max(0, int(round(timeout)))),
+        # The guest's /tmp is a fresh tmpfs; a working directory under the
+        # host's /tmp (a CI clone, say) is bound back over it, read-only.
+        "CGL_KEEP": cwd if cwd.startswith("/tmp/") else "",
     }
     (ctrl / "run.env").write_text("".join(f"{k}={_q(v)}\n" for k, v in run_env.items()))
     (ctrl / "modules.sh").write_text(
