@@ -467,6 +467,7 @@ void Engine::dequeue(Reg& r) {
     if (!q.head[lvl]) q.bitmap &= ~(uint64_t{1} << lvl);
     r.queued = false;
     --npending_;
+    update_boost(q);  // a cleaned or disabled event no longer raises it
   } else if (r.overflowed) {
     (r.prev ? r.prev->next : ov_head_) = r.next;
     (r.next ? r.next->prev : ov_tail_) = r.prev;
@@ -1094,6 +1095,7 @@ int Engine::run_one(Queue& q, std::unique_lock<std::mutex>& lk) {
   const auto lvl = static_cast<size_t>(63 - std::countl_zero(q.bitmap));
   Reg& r = *q.head[lvl];
   std::shared_ptr<Reg> hold = r.shared_from_this();
+  q.running_prio = r.prio;  // first, so the boost holds through dequeue
   dequeue(r);
 
   // Build the delivery from the pending state.
@@ -1157,7 +1159,6 @@ int Engine::run_one(Queue& q, std::unique_lock<std::mutex>& lk) {
   if (oneshot) clean_locked(r);  // id invalid from here; this delivery goes on
 
   q.busy = true;
-  q.running_prio = r.prio;
   r.running = true;
   r.runner = self_tid();
   if (r.exec == AEM_EXEC_PROCESS) {
@@ -1420,10 +1421,10 @@ int Engine::ctl(int jid, unsigned int op, unsigned long arg) {
       return 0;
     case AEM_CTL_SET_PRIO: {
       if (arg > static_cast<unsigned long>(AEM_PRIO_MAX)) return -EINVAL;
-      const bool was = r.queued;
+      const bool was = r.queued || r.overflowed;
       dequeue(r);
       r.prio = static_cast<int>(arg);
-      if (was) enqueue(r);
+      if (was) make_ready(r);  // queued again, or held again by the limit
       update_boost(*r.q);
       return 0;
     }
