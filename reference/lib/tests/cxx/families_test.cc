@@ -21,36 +21,15 @@
 
 #include "aem/aem.hpp"
 #include "aem_req.hpp"
+#include "cxx_test_util.hpp"
 
 using namespace std::chrono_literals;
 
 namespace {
 
-constexpr auto kBound = 10s;  // an upper bound only
-
-template <class Pred>
-bool dispatch_until(aem::Context& ctx, Pred pred, std::chrono::milliseconds bound = kBound) {
-  const auto end = std::chrono::steady_clock::now() + bound;
-  while (!pred()) {
-    const auto left =
-        std::chrono::duration_cast<std::chrono::milliseconds>(end - std::chrono::steady_clock::now());
-    if (left <= 0ms) return pred();
-    ctx.dispatch(left);
-  }
-  return true;
-}
-
-template <class F>
-std::error_code thrown_code(F&& f) {
-  try {
-    f();
-  } catch (const std::system_error& e) {
-    EXPECT_EQ(e.code().category(), std::generic_category());
-    return e.code();
-  }
-  ADD_FAILURE() << "no std::system_error thrown";
-  return {};
-}
+using cxx_test::dispatch_until;
+using cxx_test::kBound;
+using cxx_test::thrown_code;
 
 aem::Context fresh() { return aem::Context(aem::Options{.backend = aem::BackendKind::user}); }
 
