@@ -302,6 +302,7 @@ class Engine final : public Backend {
   std::unique_ptr<std::thread> poller_;
   std::unique_ptr<std::thread> worker_;
   std::unique_ptr<Arena> arena_;
+  std::vector<std::unique_ptr<Arena>> old_arenas_;  // a parent's, after fork
   Allocator user_alloc_;
   std::condition_variable cv_;
   ErrorHandler err_handler_;
@@ -1555,26 +1556,29 @@ void Engine::rebuild_child() {
   // The parent's threads do not exist here: forget their handles.
   (void)poller_.release();
   (void)worker_.release();
-  // Kernel objects shared with the parent are replaced.
-  int old_ep = epfd_;
+  // Kernel objects shared with the parent are replaced. The epoll set is
+  // the parent's: not one epoll_ctl() on it from here.
+  close(epfd_);
+  epfd_ = -1;
+  for (auto& [t, src] : sources_) src->added = src->armed = false;
+  readers_want_memory_ = false;
   std::vector<std::shared_ptr<Reg>> keep;
   std::vector<std::shared_ptr<Reg>> drop;
   for (auto& [id, r] : regs_) ((r->flags & AEM_INHERIT) ? keep : drop).push_back(r);
-  for (auto& r : drop) {
-    r->accepted.clear();  // the parent's to close and deliver
-    r->chunks.clear();
-    clean_locked(*r);
-  }
+  // The arena is shared with the parent: the child takes a new one and
+  // never writes the old one's free lists (release_chunk() skips it).
+  old_arenas_.push_back(std::move(arena_));
+  arena_ = std::make_unique<Arena>(policy_.arena_bytes);
+  // Pending data is the parent's to deliver: the child closes its copies of
+  // accepted fds and drops its references to the chunks.
+  for (auto& r : drop) clean_locked(*r);
   std::unordered_map<uint64_t, std::unique_ptr<Source>> old;
   old.swap(sources_);
   readers_.clear();
-  close(old_ep);
   for (auto& [t, q] : queues_) close(q->wakefd);
   queues_.clear();
   if (wq_) close(wq_->wakefd);
   wq_.reset();
-  (void)arena_.release();  // the parent's data: shared, not ours to reuse
-  arena_ = std::make_unique<Arena>(policy_.arena_bytes);
   npending_ = 0;
   ov_head_ = ov_tail_ = nullptr;
   overloaded_ = false;
@@ -1590,7 +1594,9 @@ void Engine::rebuild_child() {
     r->pending = 0;
     r->revents = 0;
     r->values.clear();
+    for (auto& a : r->accepted) close(a.fd);
     r->accepted.clear();
+    for (Chunk* c : r->chunks) release_chunk(c);
     r->chunks.clear();
     r->chunk_bytes = 0;
     r->transitions.clear();
