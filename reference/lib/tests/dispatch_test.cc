@@ -248,6 +248,23 @@ TEST_F(Dispatch, SetAsyncArgument) {
   EXPECT_EQ(aem_set_async(0), 0);
 }
 
+// Blocks in read() on p until a byte arrives; a watchdog writes 'w' after
+// kWaitMs so that a handler that never runs fails the test instead of
+// hanging it.
+char blocking_read(int rd, int wr) {
+  Pipe cancel;
+  std::thread watchdog([&] {
+    if (!wait_readable(cancel.rd.get(), kWaitMs)) write_all(wr, "w", 1);
+  });
+  char c = 0;
+  ssize_t n;
+  do n = read(rd, &c, 1);
+  while (n < 0 && errno == EINTR);
+  write_all(cancel.wr.get(), "x", 1);
+  watchdog.join();
+  return n == 1 ? c : 0;
+}
+
 TEST_F(Dispatch, AsyncInterruptsAThreadBlockedInRead) {
   AEM_REQ("AEM-3.2.3", "AEM-3.1.6");
   static Pipe p;
@@ -265,23 +282,18 @@ TEST_F(Dispatch, AsyncInterruptsAThreadBlockedInRead) {
   ASSERT_GT(id, 0);
   ASSERT_EQ(aem_set_async(1), 0);
   std::thread t([id] { evsoft_raise(id, 0); });
-  // Blocked in read(): only the handler writes to the pipe.
-  char c = 0;
-  ssize_t n;
-  do n = read(p.rd.get(), &c, 1);
-  while (n < 0 && errno == EINTR);
+  // Blocked in read(): only the handler (or the watchdog) writes to the pipe.
+  char c = blocking_read(p.rd.get(), p.wr.get());
   t.join();
-  EXPECT_EQ(n, 1);
-  EXPECT_EQ(c, 'a');
+  EXPECT_EQ(c, 'a') << "the handler did not interrupt the blocked thread";
   EXPECT_EQ(ran_on.load(), tid());
   EXPECT_EQ(calls.load(), 1);
   // Pending before async is turned on: delivered once it is.
   ASSERT_EQ(aem_set_async(0), 0);
   ASSERT_EQ(evsoft_raise(id, 0), 0);
   ASSERT_EQ(aem_set_async(1), 0);
-  do n = read(p.rd.get(), &c, 1);
-  while (n < 0 && errno == EINTR);
-  EXPECT_EQ(n, 1);
+  c = blocking_read(p.rd.get(), p.wr.get());
+  EXPECT_EQ(c, 'a') << "a pending event was not delivered when async was turned on";
   EXPECT_EQ(calls.load(), 2);
   ASSERT_EQ(aem_set_async(0), 0);
 }

@@ -276,6 +276,7 @@ class Engine final : public Backend {
   int wait(Queue& q, std::unique_lock<std::mutex>& lk, int timeout_ms);
   void check_fork();
   void rebuild_child();
+  void forget_parent();
   int start_threads();
   void poller_loop();
   void worker_loop();
@@ -370,6 +371,7 @@ int Engine::start_threads() {
 int Engine::shutdown() {
   std::unique_lock lk(mu_);
   if (stopping_) return 0;
+  if (forked_.load()) forget_parent();  // a child that never used it
   stopping_ = true;
   std::vector<std::shared_ptr<Reg>> all;
   for (auto& [id, r] : regs_) all.push_back(r);
@@ -377,9 +379,9 @@ int Engine::shutdown() {
   all.clear();
   bury(lk);
   uint64_t one = 1;
-  if (pwake_ >= 0 && write(pwake_, &one, sizeof one) < 0) {
+  if (poller_ && write(pwake_, &one, sizeof one) < 0) {
   }
-  if (wq_ && wq_->wakefd >= 0 && write(wq_->wakefd, &one, sizeof one) < 0) {
+  if (worker_ && write(wq_->wakefd, &one, sizeof one) < 0) {
   }
   lk.unlock();
   if (poller_ && poller_->joinable() && poller_->get_id() != std::this_thread::get_id())
@@ -388,7 +390,10 @@ int Engine::shutdown() {
     worker_->join();
   lk.lock();
   for (auto& [t, s] : sources_) {
-    if (s->kind == SrcKind::Child && s->child > 0) waitpid(s->child, nullptr, 0);
+    if (s->kind == SrcKind::Child && s->child > 0) {
+      waitpid(s->child, nullptr, 0);  // its handler may still read the data
+      release_chunk(s->chunk);
+    }
     if (s->fd >= 0) close(s->fd);
   }
   sources_.clear();
@@ -1551,24 +1556,29 @@ void Engine::check_fork() {
   if (forked_.load()) rebuild_child();
 }
 
-void Engine::rebuild_child() {
+// In a forked child, before anything else: let go of what belongs to the
+// parent without touching it.
+void Engine::forget_parent() {
   forked_.store(false);
   // The parent's threads do not exist here: forget their handles.
   (void)poller_.release();
   (void)worker_.release();
-  // Kernel objects shared with the parent are replaced. The epoll set is
-  // the parent's: not one epoll_ctl() on it from here.
+  // The epoll set is the parent's: not one epoll_ctl() on it from here.
   close(epfd_);
   epfd_ = -1;
   for (auto& [t, src] : sources_) src->added = src->armed = false;
   readers_want_memory_ = false;
+  // The arena is shared with the parent: never write its free lists again
+  // (release_chunk() skips a chunk of another arena); keep it mapped.
+  old_arenas_.push_back(std::move(arena_));
+}
+
+void Engine::rebuild_child() {
+  forget_parent();
+  arena_ = std::make_unique<Arena>(policy_.arena_bytes);
   std::vector<std::shared_ptr<Reg>> keep;
   std::vector<std::shared_ptr<Reg>> drop;
   for (auto& [id, r] : regs_) ((r->flags & AEM_INHERIT) ? keep : drop).push_back(r);
-  // The arena is shared with the parent: the child takes a new one and
-  // never writes the old one's free lists (release_chunk() skips it).
-  old_arenas_.push_back(std::move(arena_));
-  arena_ = std::make_unique<Arena>(policy_.arena_bytes);
   // Pending data is the parent's to deliver: the child closes its copies of
   // accepted fds and drops its references to the chunks.
   for (auto& r : drop) clean_locked(*r);
