@@ -85,10 +85,63 @@ constexpr int kDispatchBatch = 4096;         // handlers per aem_dispatch() call
 constexpr size_t kMaxEngines = 64;
 
 // Thread-local state. t_depth counts nested library entries on this thread;
-// t_running counts handlers running on it.
+// t_running counts handlers running on it; t_in_signal is set while the
+// doorbell handler delivers, where the library must not allocate or free.
 thread_local int t_depth = 0;
 thread_local int t_running = 0;
 thread_local volatile sig_atomic_t t_deferred = 0;
+thread_local bool t_in_signal = false;
+
+// A FIFO whose pop never frees memory: the delivery path may run inside
+// the doorbell signal handler (asynchronous delivery), where freeing is not
+// safe. It grows on push (activation, outside signal handlers) and gives
+// its memory back when destroyed.
+template <class T>
+class Fifo {
+ public:
+  bool empty() const { return n_ == 0; }
+  size_t size() const { return n_; }
+  T& front() { return buf_[head_]; }
+  void pop_front() {
+    buf_[head_] = T{};
+    head_ = (head_ + 1) % buf_.size();
+    --n_;
+  }
+  template <class... A>
+  void emplace_back(A&&... a) {
+    if (n_ == buf_.size()) grow();
+    buf_[(head_ + n_) % buf_.size()] = T{std::forward<A>(a)...};
+    ++n_;
+  }
+  void push_back(T v) { emplace_back(std::move(v)); }
+  void clear() {
+    while (n_) pop_front();
+  }
+  template <class F>
+  void for_each(F&& f) {
+    for (size_t i = 0; i < n_; ++i) f(buf_[(head_ + i) % buf_.size()]);
+  }
+  template <class P>
+  void erase_if(P&& p) {
+    size_t kept = 0;
+    for (size_t i = 0; i < n_; ++i) {
+      T& x = buf_[(head_ + i) % buf_.size()];
+      if (!p(x)) buf_[(head_ + kept++) % buf_.size()] = std::move(x);
+    }
+    while (n_ > kept) buf_[(head_ + --n_) % buf_.size()] = T{};
+  }
+
+ private:
+  void grow() {
+    std::vector<T> nb(std::max<size_t>(4, buf_.size() * 2));
+    for (size_t i = 0; i < n_; ++i) nb[i] = std::move(buf_[(head_ + i) % buf_.size()]);
+    buf_.swap(nb);
+    head_ = 0;
+  }
+  std::vector<T> buf_;
+  size_t head_ = 0;
+  size_t n_ = 0;
+};
 
 // This thread's id, cached; atfork_child() forgets it, since the child's
 // thread has another id than the parent's that forked it.
@@ -131,6 +184,7 @@ struct Chunk {
   int refs = 0;
   Arena* arena = nullptr;  // non-null: from the arena
   Allocator alloc;         // otherwise: the application's allocator
+  Chunk* next = nullptr;   // in the engine's pool of free headers
 };
 
 struct Accepted {
@@ -157,6 +211,8 @@ struct Reg : std::enable_shared_from_this<Reg> {
   uint64_t token = 0;  // its source; 0: none
 
   bool live = true;
+  bool doomed = false;  // invalid, waiting for the poller to clean it
+  Reg* doomed_next = nullptr;
   bool enabled = true;
   bool queued = false;      // linked in q's level FIFO
   bool overflowed = false;  // linked in the engine's overflow FIFO
@@ -167,14 +223,14 @@ struct Reg : std::enable_shared_from_this<Reg> {
 
   // Pending state: occurrences activated and not yet delivered.
   uint64_t pending = 0;
-  unsigned revents = 0;           // fd, sock: merged readiness
-  uint64_t value = 0;             // soft: latest value
-  std::deque<uint64_t> values;    // soft, per occurrence
-  std::deque<Accepted> accepted;  // accept: one per connection
-  std::deque<Chunk*> chunks;      // read: nullptr is EOF
+  unsigned revents = 0;     // fd, sock: merged readiness
+  uint64_t value = 0;       // soft: latest value
+  Fifo<uint64_t> values;    // soft, per occurrence
+  Fifo<Accepted> accepted;  // accept: one per connection
+  Fifo<Chunk*> chunks;      // read: nullptr is EOF
   size_t chunk_bytes = 0;
-  std::deque<std::pair<int, int>> transitions;  // sk
-  int tcp_state = 0;                            // sk: last observed
+  Fifo<std::pair<int, int>> transitions;  // sk
+  int tcp_state = 0;                      // sk: last observed
 
   uint64_t timeout_ms = 0;
   std::multimap<uint64_t, int>::iterator deadline;
@@ -189,11 +245,11 @@ struct Queue {
   uint64_t bitmap = 0;  // bit p: level p non-empty
   std::array<Reg*, AEM_PRIO_LEVELS> head{};
   std::array<Reg*, AEM_PRIO_LEVELS> tail{};
-  std::deque<std::pair<int, int>> notices;  // (jid, -errno)
-  int wakefd = -1;                          // eventfd: wakes its waiter
-  bool waiting = false;                     // its thread waits on wakefd
-  bool async = false;                       // aem_set_async(1)
-  bool busy = false;                        // a handler of it runs
+  Fifo<std::pair<int, int>> notices;  // (jid, -errno)
+  int wakefd = -1;                    // eventfd: wakes its waiter
+  bool waiting = false;               // its thread waits on wakefd
+  bool async = false;                 // aem_set_async(1)
+  bool busy = false;                  // a handler of it runs
   int running_prio = -1;
   std::atomic<bool> bell{false};  // doorbell sent, not yet served
   int base_nice = 0;
@@ -262,6 +318,7 @@ class Engine final : public Backend {
   void update_boost(Queue& q);
   void touch_deadline(Reg& r);
   void clean_locked(Reg& r);
+  void doom(Reg& r);
   void bury(std::unique_lock<std::mutex>& lk);
   void release_chunk(Chunk* c);
   Chunk* new_chunk(size_t len);
@@ -303,10 +360,11 @@ class Engine final : public Backend {
   std::unique_ptr<std::thread> poller_;
   std::unique_ptr<std::thread> worker_;
   std::unique_ptr<Arena> arena_;
+  Chunk* chunk_pool_ = nullptr;                     // free chunk headers, reused
   std::vector<std::unique_ptr<Arena>> old_arenas_;  // a parent's, after fork
   Allocator user_alloc_;
   std::condition_variable cv_;
-  ErrorHandler err_handler_;
+  std::shared_ptr<ErrorHandler> err_handler_;  // copied without allocating
 
   std::unordered_map<int, std::shared_ptr<Reg>> regs_;
   int next_id_ = 1;
@@ -316,6 +374,7 @@ class Engine final : public Backend {
   std::unordered_map<pid_t, std::unique_ptr<Queue>> queues_;
   std::unique_ptr<Queue> wq_;  // the worker queue
   size_t npending_ = 0;        // registrations linked in a queue
+  Reg* doomed_ = nullptr;      // see doom()
   Reg* ov_head_ = nullptr;     // overflow FIFO (pending limit reached)
   Reg* ov_tail_ = nullptr;
   bool overloaded_ = false;
@@ -402,6 +461,11 @@ int Engine::shutdown() {
   if (wq_ && wq_->wakefd >= 0) close(wq_->wakefd);
   if (epfd_ >= 0) close(epfd_);
   epfd_ = pwake_ = -1;
+  while (Chunk* c = chunk_pool_) {
+    chunk_pool_ = c->next;
+    delete c;
+  }
+  doomed_ = nullptr;  // cleaned with the others above
   if (slot_ >= 0) g_engines[static_cast<size_t>(slot_)].store(nullptr);
   return 0;
 }
@@ -483,7 +547,7 @@ void Engine::dequeue(Reg& r) {
 }
 
 void Engine::make_ready(Reg& r) {
-  if (!r.live || !r.enabled || r.queued || r.overflowed || r.pending == 0) return;
+  if (!r.live || r.doomed || !r.enabled || r.queued || r.overflowed || r.pending == 0) return;
   if (npending_ >= policy_.max_pending) {
     // Over the pending limit: held in order, still counted, and the
     // application is told once per overload episode.
@@ -513,8 +577,9 @@ void Engine::drain_overflow() {
 void Engine::notice(Reg& r, int err) {
   ++r.st.errors;
   Queue& q = *r.q;
-  for (const auto& n : q.notices)
-    if (n.first == r.id && n.second == err) return;  // one pending is enough
+  bool dup = false;
+  q.notices.for_each([&](const auto& n) { dup |= n.first == r.id && n.second == err; });
+  if (dup) return;  // one pending is enough
   q.notices.emplace_back(r.id, err);
   wake(q);
 }
@@ -590,8 +655,13 @@ void Engine::drop_source(uint64_t token) {
 }
 
 Chunk* Engine::new_chunk(size_t len) {
-  auto* c = new (std::nothrow) Chunk;
+  Chunk* c = chunk_pool_;
+  if (c)
+    chunk_pool_ = c->next;
+  else
+    c = new (std::nothrow) Chunk;
   if (!c) return nullptr;
+  *c = Chunk{};
   c->len = len;
   if (user_alloc_.alloc) {
     c->alloc = user_alloc_;
@@ -601,7 +671,8 @@ Chunk* Engine::new_chunk(size_t len) {
     c->p = arena_->alloc(len);
   }
   if (!c->p) {
-    delete c;
+    c->next = chunk_pool_;
+    chunk_pool_ = c;
     return nullptr;
   }
   return c;
@@ -614,7 +685,8 @@ void Engine::release_chunk(Chunk* c) {
   } else if (c->alloc.release) {
     c->alloc.release(c->p, c->len, c->alloc.opaque);
   }
-  delete c;
+  c->next = chunk_pool_;  // kept for reuse: this may run in a signal handler
+  chunk_pool_ = c;
   if (readers_want_memory_) resume_readers();
 }
 
@@ -767,7 +839,19 @@ int Engine::new_id() {
 
 Reg* Engine::find(int jid) {
   auto it = regs_.find(jid);
-  return it == regs_.end() ? nullptr : it->second.get();
+  return it == regs_.end() || it->second->doomed ? nullptr : it->second.get();
+}
+
+// Unregisters r without freeing anything now: it is invalid at once and
+// cleaned by the poller (the caller may be the doorbell signal handler).
+void Engine::doom(Reg& r) {
+  r.doomed = true;
+  dequeue(r);
+  r.doomed_next = doomed_;
+  doomed_ = &r;
+  uint64_t one = 1;
+  if (write(pwake_, &one, sizeof one) < 0) {
+  }
 }
 
 int Engine::add(Spec&& spec) {
@@ -1044,6 +1128,10 @@ void Engine::poller_loop() {
       if (it != sources_.end()) on_ready(*it->second, evs[static_cast<size_t>(i)].events);
     }
     expire_deadlines();
+    while (Reg* d = doomed_) {
+      doomed_ = d->doomed_next;
+      clean_locked(*d);
+    }
     bury(lk);
   }
 }
@@ -1086,14 +1174,12 @@ int Engine::run_one(Queue& q, std::unique_lock<std::mutex>& lk) {
     q.notices.pop_front();
     if (!err_handler_) return 0;
     q.busy = true;
-    {
-      ErrorHandler h = err_handler_;
-      lk.unlock();
-      ++t_running;
-      h(jid, err);
-      --t_running;
-    }
-    lk.lock();
+    std::shared_ptr<ErrorHandler> h = err_handler_;
+    lk.unlock();
+    ++t_running;
+    (*h)(jid, err);
+    --t_running;
+    lk.lock();  // h is not the last reference: err_handler_ or on_error() has one
     q.busy = false;
     return 1;
   }
@@ -1161,8 +1247,14 @@ int Engine::run_one(Queue& q, std::unique_lock<std::mutex>& lk) {
   if (r.pending) make_ready(r);  // the rest, behind its peers (FIFO)
   drain_overflow();
 
-  const bool oneshot = (r.flags & AEM_ONESHOT) != 0;
-  if (oneshot) clean_locked(r);  // id invalid from here; this delivery goes on
+  if (r.flags & AEM_ONESHOT) {
+    // The id is invalid from here; this delivery goes on. Cleaning frees
+    // memory, so inside the doorbell handler the poller does it.
+    if (t_in_signal)
+      doom(r);
+    else
+      clean_locked(r);
+  }
 
   q.busy = true;
   r.running = true;
@@ -1346,9 +1438,9 @@ void Engine::clean_locked(Reg& r) {
     }
     r.token = 0;
   }
-  for (auto& a : r.accepted) close(a.fd);
+  r.accepted.for_each([](Accepted& a) { close(a.fd); });
   r.accepted.clear();
-  for (Chunk* c : r.chunks) release_chunk(c);
+  r.chunks.for_each([this](Chunk* c) { release_chunk(c); });
   r.chunks.clear();
   r.chunk_bytes = 0;
   r.values.clear();
@@ -1360,7 +1452,7 @@ void Engine::clean_locked(Reg& r) {
 }
 
 void Engine::bury(std::unique_lock<std::mutex>& lk) {
-  if (graveyard_.empty()) return;
+  if (graveyard_.empty() || t_in_signal) return;  // never free in a signal handler
   std::vector<std::shared_ptr<Reg>> dead;
   dead.swap(graveyard_);
   lk.unlock();
@@ -1438,8 +1530,7 @@ int Engine::ctl(int jid, unsigned int op, unsigned long arg) {
       if (arg) return -EINVAL;
       auto hold = r.shared_from_this();
       clean_locked(r);
-      auto& n = r.q->notices;
-      n.erase(std::remove_if(n.begin(), n.end(), [&](auto& x) { return x.first == jid; }), n.end());
+      r.q->notices.erase_if([&](const auto& x) { return x.first == jid; });
       // When it returns, the handler is not running elsewhere (a handler
       // may clean itself).
       cv_.wait(lk, [&] { return !r.running || r.runner == self_tid(); });
@@ -1459,8 +1550,9 @@ int Engine::ctl(int jid, unsigned int op, unsigned long arg) {
 
 void Engine::on_error(ErrorHandler handler) {
   Entry entry;
+  auto next = handler ? std::make_shared<ErrorHandler>(std::move(handler)) : nullptr;
   std::unique_lock lk(mu_);
-  err_handler_.swap(handler);
+  err_handler_.swap(next);
   lk.unlock();  // the old one is destroyed here, outside mu_
 }
 
@@ -1507,10 +1599,13 @@ void run_deferred_async() {
 
 void doorbell_handler(int, siginfo_t*, void*) {
   int saved = errno;
-  if (t_depth > 0)
+  if (t_depth > 0) {
     t_deferred = 1;
-  else
+  } else {
+    t_in_signal = true;
     run_deferred_async();
+    t_in_signal = false;
+  }
   errno = saved;
 }
 
@@ -1576,6 +1671,10 @@ void Engine::forget_parent() {
 void Engine::rebuild_child() {
   forget_parent();
   arena_ = std::make_unique<Arena>(policy_.arena_bytes);
+  while (Reg* d = doomed_) {  // the parent's poller had not cleaned them yet
+    doomed_ = d->doomed_next;
+    clean_locked(*d);
+  }
   std::vector<std::shared_ptr<Reg>> keep;
   std::vector<std::shared_ptr<Reg>> drop;
   for (auto& [id, r] : regs_) ((r->flags & AEM_INHERIT) ? keep : drop).push_back(r);
@@ -1604,9 +1703,9 @@ void Engine::rebuild_child() {
     r->pending = 0;
     r->revents = 0;
     r->values.clear();
-    for (auto& a : r->accepted) close(a.fd);
+    r->accepted.for_each([](Accepted& a) { close(a.fd); });
     r->accepted.clear();
-    for (Chunk* c : r->chunks) release_chunk(c);
+    r->chunks.for_each([this](Chunk* c) { release_chunk(c); });
     r->chunks.clear();
     r->chunk_bytes = 0;
     r->transitions.clear();
