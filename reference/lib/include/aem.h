@@ -204,7 +204,10 @@ void aem_stop(void);
 /*
  * aem_set_async - on (1): the calling thread's handlers also interrupt its
  * main flow (a real-time signal, SA_RESTART, masked while a handler runs);
- * off (0): they run only in aem_dispatch()/enter_keepalive().
+ * off (0): they run only in aem_dispatch()/enter_keepalive(). Outside the
+ * library the interruption may land anywhere, libc included: the library
+ * neither allocates nor frees while delivering there, and a handler used
+ * asynchronously should follow the rules of a signal handler.
  * Errors: -EINVAL (on not 0 or 1).
  */
 int aem_set_async(int on);
