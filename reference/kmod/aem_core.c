@@ -283,6 +283,8 @@ struct aem_user {
  * @boosted:     the thread we boosted, referenced, or NULL (boost_work)
  * @boost_nice:  the nice value we set (boost_work)
  * @saved_nice:  its nice value before (boost_work)
+ * @may_nice:    the opener had CAP_SYS_NICE: the ceiling is not clamped to
+ *               RLIMIT_NICE (set at open, read by boost_work)
  * @tgid:        the owning thread group (referenced)
  * @mm:          the owning mm (mmgrab()ed)
  */
@@ -314,6 +316,7 @@ struct aem_ctx {
 	struct task_struct *boosted;
 	int boost_nice;
 	int saved_nice;
+	bool may_nice;
 	struct pid *tgid;
 	struct mm_struct *mm;
 };
@@ -668,8 +671,10 @@ static u32 aem_ring_refill(struct aem_ctx *ctx)
  * boost_ceiling, if that is better than its own; it is restored when
  * nothing that urgent is pending any more, unless someone changed its
  * nice value meanwhile. set_user_nice() checks no permission, so the
- * ceiling is the admin's (root-only module parameters), and it never
- * makes a thread less urgent. ctx->lock held; the work does the rest.
+ * ceiling is the admin's (root-only module parameters), clamped to what
+ * the thread's RLIMIT_NICE allows unless the opener had CAP_SYS_NICE (the
+ * boost is never a way around the rlimit), and it never makes a thread
+ * less urgent. ctx->lock held; the work does the rest.
  */
 static void aem_boost_check(struct aem_ctx *ctx)
 {
@@ -708,6 +713,9 @@ static void aem_boost_fn(struct work_struct *work)
 	if (!want || ctx->boosted != task)
 		aem_unboost(ctx);
 	target = clamp(READ_ONCE(boost_ceiling), MIN_NICE, MAX_NICE);
+	if (!ctx->may_nice)
+		target = max_t(int, target,
+			       rlimit_to_nice(task_rlimit(task, RLIMIT_NICE)));
 	if (want && !ctx->boosted && target < task_nice(task)) {
 		ctx->saved_nice = task_nice(task);
 		ctx->boost_nice = target;
@@ -1665,6 +1673,7 @@ static int aem_open(struct inode *inode, struct file *file)
 	INIT_WORK(&ctx->reap_work, aem_reap_fn);
 	INIT_WORK(&ctx->boost_work, aem_boost_fn);
 	ctx->opener = get_task_struct(current);
+	ctx->may_nice = capable(CAP_SYS_NICE);
 	mutex_init(&ctx->mutex);
 	xa_init_flags(&ctx->regs, XA_FLAGS_ALLOC1 | XA_FLAGS_ACCOUNT);
 	ctx->tgid = get_pid(task_tgid(current));

@@ -31,7 +31,7 @@
 
 #include <linux/aem.h>
 
-#define NTESTS 35
+#define NTESTS 36
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 static int test_no;
@@ -1081,6 +1081,53 @@ static void t_boost(void)
 }
 
 /*
+ * The boost never goes around RLIMIT_NICE: an unprivileged process whose
+ * rlimit allows nice -2 gets -2, not the admin's ceiling of -5. Runs in a
+ * child that gives up root; its exit code is the result.
+ */
+static int boost_rlimit_child(void)
+{
+	struct rlimit rl = { 22, 22 };	/* nice down to 20 - 22 = -2 */
+	struct aem_delivery d[1];
+	int fd, hi, n = 0, i;
+
+	if (setrlimit(RLIMIT_NICE, &rl) || setgid(65534) || setuid(65534))
+		return 10;
+	fd = open("/dev/aem", O_RDWR | O_CLOEXEC);
+	if (fd < 0)
+		return 11;
+	hi = reg_soft(fd, AEM_PRIO(60));
+	if (hi <= 0 || raise_ev(fd, hi, 1, 0))
+		return 12;
+	/* The boost is applied by a work item: wait for it, bounded. */
+	for (i = 0; i < 2000 && (n = getpriority(PRIO_PROCESS, 0)) == 0; i++)
+		sleep_ms(1);
+	wait_ev(fd, d, 1, 0);
+	close(fd);
+	return n == -2 ? 0 : 20 + (n + 20);
+}
+
+static void t_boost_rlimit(void)
+{
+	const char *bp = "/sys/module/aem/parameters/boost_prio";
+	const char *bc = "/sys/module/aem/parameters/boost_ceiling";
+	int st = -1;
+	pid_t pid;
+
+	CHECK(write_param(bp, "50") == 0 && write_param(bc, "-5") == 0,
+	      "params");
+	pid = fork();
+	if (pid == 0)
+		_exit(boost_rlimit_child());
+	waitpid(pid, &st, 0);
+	write_param(bp, "0");
+	write_param(bc, "0");
+	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+	      "unprivileged boost: status %d (20+k: nice k-20; 10-12: setup)",
+	      WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+}
+
+/*
  * POLLFREE: watch a signalfd whose sighand is shared with a
  * CLONE_SIGHAND child, exec (which gives us a fresh sighand, the old one
  * lives on in the child), then reap the child: the old sighand is freed
@@ -1623,8 +1670,10 @@ int main(int argc, char **argv)
 	t_fd_signalfd(); report("fd_signalfd_owner_repoll", NULL);
 	if (access(pmax, W_OK)) {
 		report("priority_boost", "no module parameters");
+		report("priority_boost_rlimit", "no module parameters");
 	} else {
 		t_boost(); report("priority_boost", NULL);
+		t_boost_rlimit(); report("priority_boost_rlimit", NULL);
 	}
 	t_pollfree(); report("fd_pollfree_signalfd", NULL);
 	t_chaos(); report("concurrent_chaos", NULL);
