@@ -109,6 +109,9 @@ class Backend {
 // On failure returns null, err < 0 and why explains it.
 std::unique_ptr<Backend> make_backend(const Policy& policy, int& err, std::string& why);
 std::unique_ptr<Backend> make_user_backend(const Policy& policy, int& err);
+// The kernel backend (kmod/): one open of /dev/aem. Null with err < 0 and
+// why set when it cannot start.
+std::unique_ptr<Backend> make_kmod_backend(const Policy& policy, int& err, std::string& why);
 
 // The process's implicit context (the C API's, and the C++
 // aem::Context::process()). Null with err < 0 when it cannot start.

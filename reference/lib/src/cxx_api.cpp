@@ -189,11 +189,8 @@ std::unique_ptr<Backend> open_backend(const Options& o, int& err, std::string& w
       b = make_user_backend(p, err);
       break;
     case BackendKind::kmod:
-      // The Backend interface has no way to ask for the kernel backend
-      // regardless of AEM_BACKEND (and this libaem has none yet).
-      err = -ENODEV;
-      why = "BackendKind::kmod: this libaem has no kernel backend";
-      return nullptr;
+      b = make_kmod_backend(p, err, why);
+      break;
   }
   if (!b && err == 0) err = -ENOMEM;
   return b;

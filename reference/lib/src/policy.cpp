@@ -115,22 +115,28 @@ int Policy::from_env(Policy& p, std::string& why) {
 std::unique_ptr<Backend> make_backend(const Policy& policy, int& err, std::string& why) {
   const char* want = getenv("AEM_BACKEND");
   std::string_view w = want ? want : "";
-  // The default would be the kernel backend when /dev/aem exists; this
-  // library has no kernel backend yet, so the default is the user backend.
-  if (w == "kmod") {
-    if (access("/dev/aem", F_OK) != 0)
-      why =
-          "AEM_BACKEND=kmod, but /dev/aem does not exist: load the aem kernel module "
-          "(reference/kmod) or set AEM_BACKEND=user";
-    else
-      why = "AEM_BACKEND=kmod: this libaem has no kernel backend yet; set AEM_BACKEND=user";
-    err = -ENODEV;
-    return nullptr;
-  }
-  if (!w.empty() && w != "user") {
+  if (!w.empty() && w != "user" && w != "kmod") {
     why = "AEM_BACKEND='" + std::string(w) + "': expected 'kmod' or 'user'";
     err = -EINVAL;
     return nullptr;
+  }
+  const bool have_dev = access("/dev/aem", F_OK) == 0;
+  if (w == "kmod" && !have_dev) {
+    why =
+        "AEM_BACKEND=kmod, but /dev/aem does not exist: load the aem kernel module "
+        "(reference/kmod) or set AEM_BACKEND=user";
+    err = -ENODEV;
+    return nullptr;
+  }
+  // Asked for, or by default when /dev/aem exists. A default that cannot
+  // open it (permissions, API version) falls back to the user backend.
+  if (w == "kmod" || (w.empty() && have_dev)) {
+    std::string kwhy;
+    auto b = make_kmod_backend(policy, err, kwhy);
+    if (b || w == "kmod") {
+      why = kwhy;
+      return b;
+    }
   }
   return make_user_backend(policy, err);
 }

@@ -70,6 +70,7 @@
 #include <vector>
 
 #include "backend.hpp"
+#include "kmod/kmod.hpp"
 #include "user/arena.hpp"
 
 namespace aem::detail {
@@ -1743,7 +1744,7 @@ void Engine::rebuild_child() {
 
 }  // namespace
 
-bool in_handler() { return t_running > 0; }
+bool in_handler() { return t_running > 0 || kmod_in_handler(); }
 
 std::unique_ptr<Backend> make_user_backend(const Policy& policy, int& err) {
   auto e = std::make_unique<Engine>(policy);
