@@ -361,6 +361,12 @@ int Core::init(std::string& why) {
   fd_ = open(kDevice, O_RDWR | O_CLOEXEC);
   if (fd_ < 0) {
     int e = errno;
+    if (e == ENOENT) {  // no module loaded: the same error as the C API's
+      why = std::string("the kernel backend needs ") + kDevice +
+            ", which does not exist: load the aem kernel module (reference/kmod) or use the "
+            "user backend";
+      return -ENODEV;
+    }
     why = std::string("AEM_BACKEND=kmod: cannot open ") + kDevice + ": " + strerror(e);
     return -e;
   }
