@@ -62,7 +62,8 @@ struct aem_event_info {
 	int fd;			/* the application's fd, -1 when none */
 	int prio;		/* current priority */
 	int enabled;		/* 1 enabled, 0 disabled */
-	unsigned long flags;	/* the registration flags (priority as given) */
+	unsigned long flags;	/* the registration flags (priority as given;
+				   fd/sock events: AEM_LEVEL when no trigger given) */
 	unsigned int events;	/* current filter: poll bits, TCP state mask */
 	int executor;		/* AEM_EXEC_* */
 	uint64_t pending;	/* occurrences activated, not yet delivered */

@@ -998,6 +998,8 @@ int Core::add(Spec&& spec) {
   auto r = std::make_shared<Rec>();
   r->type = spec.type;
   r->flags = static_cast<uint32_t>(f);
+  // The effective trigger is visible in AEM_CTL_LOOKUP: level by default.
+  if (spec.type == AEM_EV_FD && !(f & (AEM_EDGE | AEM_LEVEL))) r->flags |= AEM_LEVEL;
   r->prio = prio;
   r->exec = exec;
   r->fd = spec.type == AEM_EV_FD ? spec.fd : -1;

@@ -910,6 +910,9 @@ int Engine::add(Spec&& spec) {
   auto r = std::make_shared<Reg>();
   r->type = spec.type;
   r->flags = spec.flags;
+  // The effective trigger is visible in AEM_CTL_LOOKUP: level by default.
+  if ((spec.type == AEM_EV_FD || spec.type == AEM_EV_SOCK) && !(spec.flags & (AEM_EDGE | AEM_LEVEL)))
+    r->flags |= AEM_LEVEL;
   r->prio = prio;
   r->exec = exec;
   r->edge = (spec.flags & AEM_EDGE) != 0;
