@@ -1,0 +1,173 @@
+"""Markdown report (GitHub-flavoured tables): verdicts, requirement table, evidence, stress.
+
+The same content as the HTML page without the charts: for a merge request comment, a wiki
+page or a terminal. With several runs, the matrix comes first, then one section per run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cglcert.report import model
+from cglcert.report.model import Report, Run
+
+__all__ = ["render_markdown"]
+
+
+def _cell(text: Any, width: int = 0) -> str:
+    """Table-safe text: one line, pipes escaped."""
+    return model.one_line(model.fmt_number(text) if not isinstance(text, str) else text,
+                          width).replace("|", "\\|")
+
+
+def _table(header: list[str], rows: list[list[Any]], align: list[str] | None = None) -> list[str]:
+    align = align or ["l"] * len(header)
+    sep = ["---:" if a == "r" else "---" for a in align]
+    out = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
+    out += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
+    return out
+
+
+def _verdict_lines(run: Run) -> list[str]:
+    lines = []
+    for key, label in model.CGL_VERSIONS:
+        v = (run.results.get("verdict") or {}).get(key)
+        if v is None:
+            continue
+        state = "**CONFORMANT**" if v.get("conformant") else "**NOT CONFORMANT**"
+        extra = f"; not passing: {', '.join(v['not_passing'])}" if v.get("not_passing") else ""
+        lines.append(f"- {label}: {state} ({v.get('scope', '')}, "
+                     f"{v.get('requirements')} requirements{extra})")
+    return lines
+
+
+def _stress_lines(run: Run) -> list[str]:
+    s = run.stress
+    if s is None:
+        return [f"_No stress.json beside results.json in `{run.path}`: no stress evidence or "
+                f"charts for this run (`./cglcert stress --out {run.path}` writes it)._", ""]
+    summ = s.get("summary") or {}
+    lines = [f"Profile **{s.get('profile')}**, {model.fmt_number(s.get('elapsed_s'))} s; "
+             f"lost {summ.get('lost')}, duplicated {summ.get('duplicated')}, "
+             f"handler overlaps {summ.get('handler_overlaps')}.", ""]
+    th = model.stress_thresholds(s)
+    if th:
+        rows = []
+        for c in th:
+            rel = (f"{model.fmt_number(c.get('value'))} x {c['relative_to']} = "
+                   f"{model.fmt_number(c.get('reference'))}" if c.get("relative_to")
+                   else model.fmt_number(c.get("value")))
+            rows.append([c["requirement"], c.get("criterion") or "", c["metric"],
+                         f"{model.fmt_number(c.get('measured'))} {c.get('unit') or ''}".strip(),
+                         c.get("op", ""), c.get("bound", ""), rel, c.get("ratio", ""),
+                         c.get("verdict", "")])
+        lines += _table(["Requirement", "Criterion", "Metric", "Measured", "Op", "Bound",
+                         "Threshold", "Ratio", "Verdict"], rows,
+                        ["l", "l", "l", "r", "l", "r", "l", "r", "l"]) + [""]
+    phases = model.latency_phases(s)
+    if phases:
+        lines += ["Latency per priority (aem_prio_latency):", ""]
+        rows = [[ph["name"], p["priority"], p["n"], p["p50"], p["p99"], p["p99_9"], p["max"]]
+                for ph in phases for p in ph["priorities"]]
+        lines += _table(["Phase", "Priority", "n", "p50 ns", "p99 ns", "p99.9 ns", "max ns"],
+                        rows, ["l", "l", "r", "r", "r", "r", "r"]) + [""]
+    scaling = model.scaling_series(s)
+    if scaling:
+        lines += ["Scalability (ns per delivered event against live registrations):", ""]
+        rows = [[se["name"], "; ".join(f"{model.fmt_number(n)} -> {model.fmt_number(c)}"
+                                       for n, c in se["points"])] for se in scaling]
+        lines += _table(["Mechanism", "Registrations -> ns per event"], rows) + [""]
+    delivery = model.delivery_counts(s)
+    if delivery:
+        lines += ["Delivery counts:", ""]
+        rows = [[d["name"], d["activated"], d["delivered"], d["lost"], d["duplicated"]]
+                for d in delivery]
+        lines += _table(["Family", "Activated", "Delivered", "Lost", "Duplicated"], rows,
+                        ["l", "r", "r", "r", "r"]) + [""]
+    mechs = [m for m in model.mechanism_latencies(s) if m["available"]]
+    if mechs:
+        lines += ["Mechanisms side by side (same run, same machine):", ""]
+        rows = [[m["name"], m["throughput"], m["vs_epoll"], m["n"], m["p50"], m["p99"],
+                 m["p99_9"], m["max"]] for m in mechs]
+        lines += _table(["Mechanism", "events/s", "x epoll", "n", "p50 ns", "p99 ns",
+                         "p99.9 ns", "max ns"], rows, ["l"] + ["r"] * 7) + [""]
+    return lines
+
+
+def _run_lines(run: Run, title: str) -> list[str]:
+    res = run.results
+    env = run.environment
+    lines = [f"## {title}{run.label}", ""] + _verdict_lines(run) + [""]
+    t = (res.get("summary") or {}).get("tests") or {}
+    q = (res.get("summary") or {}).get("requirements") or {}
+    lines.append("Requirements: " + ", ".join(f"{q.get(o, 0)} {o}" for o in model.OUTCOMES)
+                 + "; tests: " + ", ".join(f"{t.get(o, 0)} {o}" for o in model.OUTCOMES) + ".")
+    lines.append("")
+    if (res.get("harness") or {}).get("error"):
+        lines += [f"**Harness error:** {model.one_line(res['harness']['error'])}", ""]
+    lines += ["Environment: " + ", ".join(f"{k} `{model.fmt_number(v)}`"
+                                          for k, v in env.items() if v is not None), ""]
+    rows = []
+    for r in run.requirements:
+        tests = r.get("tests") or []
+        passed = sum(1 for x in tests if x["outcome"] == model.PASS)
+        rows.append([f"`{r['id']}`", r.get("title", ""), r.get("priority"), r.get("cgl"),
+                     f"**{r['verdict']}**" if r["verdict"] != model.PASS else r["verdict"],
+                     f"{passed}/{len(tests)}", model.one_line(r.get("reason", ""), 160)])
+    lines += _table(["Requirement", "Title", "P", "CGL", "Verdict", "Tests", "Reason"], rows,
+                    ["l", "l", "r", "l", "l", "r", "l"]) + [""]
+    lines += ["### Evidence", ""]
+    for r in run.requirements:
+        lines.append(f"<details><summary>{r['id']} {r.get('title', '')}: {r['verdict']}"
+                     "</summary>")
+        lines.append("")
+        rows = []
+        for x in r.get("tests") or []:
+            meas = ", ".join(f"{k}={model.fmt_number(v)}"
+                             for k, v in sorted((x.get("measurements") or {}).items()))
+            rows.append([f"`{x['name']}`", x["outcome"],
+                         model.fmt_number(x.get("time_s")), model.one_line(x.get("reason"), 200),
+                         meas])
+        if rows:
+            lines += _table(["Test", "Outcome", "Time (s)", "Reason", "Measurements"], rows,
+                            ["l", "l", "r", "l", "l"])
+        else:
+            lines.append(f"No test: {model.one_line(r.get('reason', ''))}")
+        lines += ["", "</details>", ""]
+    if res.get("unknown_tags"):
+        lines += ["Unknown requirement tags: " + "; ".join(
+            f"`{u['test']}` tags `{u['tag']}`" for u in res["unknown_tags"]), ""]
+    if res.get("untagged_tests"):
+        lines += ["Tests tagging no requirement: " + ", ".join(
+            f"`{n}`" for n in res["untagged_tests"]), ""]
+    lines += ["### Stress", ""] + _stress_lines(run)
+    return lines
+
+
+def render_markdown(report: Report) -> str:
+    """The whole Markdown document."""
+    lines = ["# CGL asynchronous events: certification report", ""]
+    if report.single:
+        lines += _run_lines(report.runs[0], "Kernel ")
+    else:
+        lines += ["## Matrix: requirements against kernel / backend", ""]
+        header = ["Requirement", "Title", "P", "CGL"] + [r.label for r in report.runs]
+        rows: list[list[Any]] = []
+        for key, label in model.CGL_VERSIONS:
+            cells = []
+            for run in report.runs:
+                v = (run.results.get("verdict") or {}).get(key)
+                cells.append("n/a" if v is None else
+                             "**CONFORMANT**" if v.get("conformant") else "NOT CONFORMANT")
+            rows.append([f"**{label}**", "verdict", "", ""] + cells)
+        for row in report.matrix():
+            cells = ["absent" if c is None else f"{c['verdict']} {c['passed']}/{c['tests']}"
+                     for c in row["cells"]]
+            rows.append([f"`{row['id']}`", row["title"], row["priority"], row["cgl"]] + cells)
+        lines += _table(header, rows) + [""]
+        for i, run in enumerate(report.runs, 1):
+            lines += _run_lines(run, f"Run {i}: ")
+    lines += ["---", "", "Every number is read from the runs' results.json and stress.json ("
+              + ", ".join(f"`{r.path}`" for r in report.runs) + ")."
+              + (f" {report.generated_by}" if report.generated_by else ""), ""]
+    return "\n".join(lines)
