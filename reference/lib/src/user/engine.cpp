@@ -1723,6 +1723,11 @@ void Engine::rebuild_child() {
       timerfd_gettime(s->fd, &cur);
       close(s->fd);
       s->fd = timerfd_create(s->clock, TFD_NONBLOCK | TFD_CLOEXEC);
+      // A periodic timer due right now reads as 0 remaining, and a zero
+      // value would disarm the new one: due now means 1 ns from now.
+      if (!cur.it_value.tv_sec && !cur.it_value.tv_nsec &&
+          (cur.it_interval.tv_sec || cur.it_interval.tv_nsec))
+        cur.it_value.tv_nsec = 1;
       timerfd_settime(s->fd, 0, &cur, nullptr);
     }
     if (s->kind == SrcKind::Reader) {
