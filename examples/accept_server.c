@@ -22,7 +22,7 @@
 #define SERVER_ADDR "127.0.0.1"
 #endif
 #ifndef SERVER_PORT
-#define SERVER_PORT 47811
+#define SERVER_PORT 27811
 #endif
 
 /*
