@@ -3,6 +3,7 @@
 #include <cerrno>
 
 #include "backend.hpp"
+#include "mutant.hpp"
 
 using aem::detail::Backend;
 using aem::detail::Event;
@@ -37,7 +38,12 @@ int sockasync_accept(int sfd, struct sockaddr* addr, socklen_t* addrlen, unsigne
   s.flags = flags;
   s.addr = addr;
   s.addrlen = addrlen;
+#if AEM_MUTANT(wrong_handler_arg)
+  // MUTANT wrong_handler_arg: the accepted fd where the listening fd belongs.
+  if (handler) s.invoke = [handler](const Event& e) { handler(e.jid, e.new_fd, e.new_fd); };
+#else
   if (handler) s.invoke = [handler](const Event& e) { handler(e.jid, e.fd, e.new_fd); };
+#endif
   return add(std::move(s));
 }
 

@@ -71,6 +71,7 @@
 
 #include "backend.hpp"
 #include "kmod/kmod.hpp"
+#include "mutant.hpp"
 #include "user/arena.hpp"
 
 namespace aem::detail {
@@ -238,6 +239,9 @@ struct Reg : std::enable_shared_from_this<Reg> {
   bool has_deadline = false;
 
   aem_event_stats st{};
+#if AEM_MUTANT(drop_occurrence)
+  uint64_t mutant_raises = 0;  // MUTANT drop_occurrence: raises so far
+#endif
 };
 
 struct Queue {
@@ -277,6 +281,9 @@ struct Source {
   pid_t child = 0;                    // Child
   Chunk* chunk = nullptr;             // Child: data it was given
   clockid_t clock = CLOCK_MONOTONIC;  // Timer
+#if AEM_MUTANT(lose_read_data)
+  unsigned mutant_chunks = 0;  // MUTANT lose_read_data: chunks read (Reader)
+#endif
 };
 
 void install_doorbell();
@@ -514,7 +521,11 @@ void Engine::wake(Queue& q) {
 
 void Engine::enqueue(Reg& r) {
   Queue& q = *r.q;
+#if AEM_MUTANT(fifo_dispatch)
+  const size_t lvl = 0;  // MUTANT fifo_dispatch: every priority on one FIFO level
+#else
   const auto lvl = static_cast<size_t>(r.prio);
+#endif
   r.prev = q.tail[lvl];
   r.next = nullptr;
   if (q.tail[lvl])
@@ -532,7 +543,11 @@ void Engine::enqueue(Reg& r) {
 void Engine::dequeue(Reg& r) {
   if (r.queued) {
     Queue& q = *r.q;
+#if AEM_MUTANT(fifo_dispatch)
+    const size_t lvl = 0;  // MUTANT fifo_dispatch: every priority on one FIFO level
+#else
     const auto lvl = static_cast<size_t>(r.prio);
+#endif
     (r.prev ? r.prev->next : q.head[lvl]) = r.next;
     (r.next ? r.next->prev : q.tail[lvl]) = r.prev;
     if (!q.head[lvl]) q.bitmap &= ~(uint64_t{1} << lvl);
@@ -548,7 +563,12 @@ void Engine::dequeue(Reg& r) {
 }
 
 void Engine::make_ready(Reg& r) {
+#if AEM_MUTANT(deliver_disabled)
+  // MUTANT deliver_disabled: r.enabled is not looked at.
+  if (!r.live || r.doomed || r.queued || r.overflowed || r.pending == 0) return;
+#else
   if (!r.live || r.doomed || !r.enabled || r.queued || r.overflowed || r.pending == 0) return;
+#endif
   if (npending_ >= policy_.max_pending) {
     // Over the pending limit: held in order, still counted, and the
     // application is told once per overload episode.
@@ -577,6 +597,9 @@ void Engine::drain_overflow() {
 
 void Engine::notice(Reg& r, int err) {
   ++r.st.errors;
+#if AEM_MUTANT(skip_error_notification)
+  return;  // MUTANT skip_error_notification: counted, never reported
+#endif
   Queue& q = *r.q;
   bool dup = false;
   q.notices.for_each([&](const auto& n) { dup |= n.first == r.id && n.second == err; });
@@ -831,11 +854,18 @@ int Engine::setup_source(Reg& r, const Spec& spec) {
 }
 
 int Engine::new_id() {
+#if AEM_MUTANT(reuse_live_id)
+  // MUTANT reuse_live_id: ids wrap after 4096 and a live one is issued again.
+  int id = next_id_;
+  next_id_ = next_id_ == 4096 ? 1 : next_id_ + 1;
+  return id;
+#else
   for (;;) {
     int id = next_id_;
     next_id_ = next_id_ == INT_MAX ? 1 : next_id_ + 1;
     if (!regs_.count(id)) return id;
   }
+#endif
 }
 
 Reg* Engine::find(int jid) {
@@ -906,7 +936,9 @@ int Engine::add(Spec&& spec) {
 
   std::unique_lock lk(mu_);
   if (stopping_) return -ESHUTDOWN;
+#if !AEM_MUTANT(ignore_limit)  // MUTANT ignore_limit: no registration limit
   if (regs_.size() >= policy_.max_registrations) return -ENOSPC;
+#endif
   auto r = std::make_shared<Reg>();
   r->type = spec.type;
   r->flags = spec.flags;
@@ -1065,6 +1097,13 @@ void Engine::job_read(Source& s) {
     ssize_t n = recv(s.fd, c->p, want, MSG_DONTWAIT);
     if (n > 0) {
       c->len = static_cast<size_t>(n);
+#if AEM_MUTANT(lose_read_data)
+      if (++s.mutant_chunks == 2) {  // MUTANT lose_read_data: the second chunk is dropped
+        c->refs = 1;
+        release_chunk(c);
+        continue;
+      }
+#endif
       deliver(c);
       bool over = false;
       for (Reg* r : s.readers) over |= r->chunk_bytes > kReadCap;
@@ -1147,10 +1186,28 @@ void Engine::worker_loop() {
   q.tid = self_tid();
   errno = 0;
   q.base_nice = getpriority(PRIO_PROCESS, 0);
+#if AEM_MUTANT(overlap)
+  // MUTANT overlap: a twin thread serves this queue too, so two handlers of the
+  // THREAD execution context run at once. Both wait 1 ms at most (one wake-up
+  // may serve one of them only), so that each sees stopping_.
+  std::thread twin([this, &q] {
+    Entry e;
+    std::unique_lock l(mu_);
+    while (!stopping_ && !forked_)
+      if (run_one(q, l) < 0) wait(q, l, 1);
+  });
+  const int wait_ms = 1;
+#else
+  const int wait_ms = -1;
+#endif
   while (!stopping_ && !forked_) {
     if (run_one(q, lk) >= 0) continue;
-    wait(q, lk, -1);
+    wait(q, lk, wait_ms);
   }
+#if AEM_MUTANT(overlap)
+  lk.unlock();
+  twin.join();
+#endif
 }
 
 // ---------------------------------------------------------------------------
@@ -1241,6 +1298,9 @@ int Engine::run_one(Queue& q, std::unique_lock<std::mutex>& lk) {
     default:  // timer, fd, sock, close
       used = per ? 1 : r.pending;
       ev.count = used;
+#if AEM_MUTANT(lose_timer_overruns)
+      if (r.type == AEM_EV_TIMER) ev.count = 1;  // MUTANT lose_timer_overruns: consumed, not told
+#endif
       ev.events = r.revents;
       if (!per || r.pending == 1) r.revents = 0;
       break;
@@ -1415,6 +1475,10 @@ int Engine::raise(int jid, uint64_t value) {
   if (!r) return -ENOENT;
   if (r->type != AEM_EV_SOFT) return -EINVAL;
   ++r->st.activations;
+#if AEM_MUTANT(drop_occurrence)
+  // MUTANT drop_occurrence: one raise in a thousand is counted, never queued.
+  if (++r->mutant_raises % 1000 == 0) return 0;
+#endif
   ++r->pending;
   r->value = value;
   if (r->flags & AEM_PER_OCCURRENCE) r->values.push_back(value);
