@@ -56,8 +56,21 @@ def _verdicts(run: Run) -> list[dict[str, Any]]:
             continue
         out.append({"key": key, "label": label, "conformant": bool(v.get("conformant")),
                     "scope": v.get("scope", ""), "requirements": v.get("requirements"),
-                    "not_passing": list(v.get("not_passing") or [])})
+                    "not_passing": list(v.get("not_passing") or []),
+                    "blockers": list(v.get("blockers") or [])})
     return out
+
+
+def _health(run: Run) -> dict[str, Any] | None:
+    """The kernel's health during the run (cglcert certify), or None (host runs)."""
+    h = run.results.get("health")
+    if not isinstance(h, dict):
+        return None
+    taint = h.get("taint") or {}
+    return {"log_source": h.get("log_source"), "blockers": list(h.get("blockers") or []),
+            "findings": [{"kind": f.get("kind"), "message": f.get("message"),
+                          "test": f.get("test")} for f in h.get("findings") or []],
+            "taint": taint.get("letters") if taint else None}
 
 
 def _latency_charts(phases: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -158,7 +171,7 @@ def run_context(run: Run) -> dict[str, Any]:
         "suite": res.get("suite", ""), "schema": res.get("schema", ""),
         "environment": _environment(run), "harness": res.get("harness") or {},
         "verdicts": _verdicts(run), "summary": res.get("summary") or {},
-        "requirements": _requirements(run),
+        "health": _health(run), "requirements": _requirements(run),
         "unknown_tags": res.get("unknown_tags") or [],
         "untagged_tests": res.get("untagged_tests") or [],
         "stress": _stress(run),

@@ -36,8 +36,18 @@ def _verdict_lines(run: Run) -> list[str]:
             continue
         state = "**CONFORMANT**" if v.get("conformant") else "**NOT CONFORMANT**"
         extra = f"; not passing: {', '.join(v['not_passing'])}" if v.get("not_passing") else ""
+        if v.get("blockers"):
+            extra += f"; kernel health blockers: {len(v['blockers'])}"
         lines.append(f"- {label}: {state} ({v.get('scope', '')}, "
                      f"{v.get('requirements')} requirements{extra})")
+    health = run.results.get("health")
+    if isinstance(health, dict):
+        taint = (health.get("taint") or {}).get("letters") or "none"
+        blockers = health.get("blockers") or []
+        lines.append(f"- Kernel health (log from {health.get('log_source')}, taint during the "
+                     f"run: {taint}): " + ("clean" if not blockers and not health.get("findings")
+                                          else f"{len(health.get('findings') or [])} finding(s)"))
+        lines += [f"  - BLOCKER: {b}" for b in blockers]
     return lines
 
 

@@ -1,0 +1,490 @@
+"""Certify one kernel: build, run on the target, judge with the kernel's health, report.
+
+``cglcert certify`` (:mod:`cglcert.commands.certify`) is the command line; this module
+holds the steps, and the pure parts (the script the target runs, the judgement) are
+unit-tested in ``ci/tests/test_certify.py``.
+
+1. **deps**     the Debian packages the run needs (:mod:`cglcert.hostdeps`: installed as
+                root, otherwise the exact ``apt-get`` line to run).
+2. **kernel**   the kernel to certify, fetched into the cache with its headers
+                (:mod:`cglcert.kernels`); the ``local`` target certifies the running one.
+3. **build**    the AEM modules for that kernel (``build/certify/kmod/<release>/``), the
+                conformance suite and the stress programs.
+4. **execute**  on the target (:mod:`cglcert.targets`): load the modules, run the suite with
+                a kernel-log marker around every test, the stress pass, unload the modules.
+5. **judge**    ``results.json``: the suite's outcomes; a splat during a test fails that
+                test; a splat outside tests, an unacceptable taint or a failed unload blocks
+                the verdict; stress thresholds (the catalog's) become tests of their
+                requirement; a boot failure, a module that does not load or a harness fault
+                is ERROR, never a kernel FAIL.
+6. **report**   HTML, Markdown, JUnit, KTAP and KCIDB into ``RUN/report/``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cglcert import InfraError, __version__, kmsg
+from cglcert import kernels as kc
+from cglcert import results as res
+from cglcert.catalog import Requirement
+
+#: Debian packages per need (what ``ci/install-deps`` installs, less the test-only ones).
+PACKAGES = {
+    "build": ["cmake", "ninja-build", "g++", "make", "pkg-config", "libgtest-dev"],
+    "qemu": ["qemu-system-x86", "busybox-static"],
+    "stress": ["libbenchmark-dev", "liburing-dev", "libuv1-dev", "stress-ng"],
+}
+PROFILES = ("quick", "default", "full")
+#: The stress profile run by each certification profile (``cglcert stress --<profile>``).
+STRESS_PROFILE = {"quick": "smoke", "default": "quick", "full": "full"}
+#: Seconds the conformance suite may take on the target, per profile (TCG is slow).
+SUITE_TIMEOUT = {"quick": 1200, "default": 1800, "full": 3600}
+#: Seconds the stress pass may take on the target.
+STRESS_TIMEOUT = {"quick": 600, "default": 1500, "full": 7200}
+#: Marker names (``aem-test: begin NAME``) the script puts around its non-gtest phases.
+PHASE_STRESS, PHASE_UNLOAD = "cglcert.stress", "cglcert.unload"
+SUITE_BINARY = "aem_conformance"
+#: The requirements whose thresholds each stress program measures.
+STRESS_FEEDS = {"aem_stress_delivery": ("AEM-3.5.1",), "aem_stress_atomicity": ("AEM-3.6.2",),
+                "aem_bench_compare": ("AEM-3.3.1",),
+                "aem_prio_latency": ("AEM-3.2.1", "AEM-3.2.2")}
+STRESS_PREFIX = "stress."
+
+
+@dataclass
+class Plan:
+    """What to certify, where and how (validated by the command line)."""
+
+    repo: Path
+    run_dir: Path
+    kernel: str | None          #: release, flavor or None (default); local: ignored
+    backend: str                #: kmod | user
+    target: str                 #: qemu | local
+    accel: str = "tcg"
+    smp: int = 2
+    mem: str = "2G"
+    profile: str = "default"
+    verdict: str = "cgl-2.0"
+    append: str = ""
+    stress: bool = True
+    module_params: dict[str, list[str]] = field(default_factory=dict)  #: module -> PARAM=V
+    python: str = sys.executable
+
+    @property
+    def suite_timeout(self) -> int:
+        return SUITE_TIMEOUT[self.profile]
+
+    @property
+    def stress_timeout(self) -> int:
+        return STRESS_TIMEOUT[self.profile]
+
+
+@dataclass
+class Artifacts:
+    """What the build step produced."""
+
+    suite: Path
+    stress_build: Path | None
+    modules: list[Path] = field(default_factory=list)   #: load order (core first)
+    kernel: kc.Kernel | None = None
+
+
+@dataclass
+class Execution:
+    """What came back from the target."""
+
+    error: str | None = None        #: None, or qemu's ERROR_KINDS (boot, module, panic, ...)
+    detail: str = ""
+    kernel_log: str = ""
+    log_source: str = "none"        #: dmesg, serial, or none (not readable)
+    findings: tuple[kmsg.Finding, ...] = ()
+    taint: kmsg.Taint | None = None  #: taint that appeared during the run (or the total)
+    environment: dict[str, Any] = field(default_factory=dict)
+
+
+def module_argument(path: Path, plan: Plan) -> str:
+    """``/path/aem.ko max_pending=64``: a module and the parameters given for it."""
+    return shlex.join([str(path), *plan.module_params.get(path.stem, [])])
+
+
+_PARAM_RE = re.compile(r"^(?P<mod>[a-z][a-z0-9_]*)\.(?P<param>[a-z_][a-z0-9_]*)=(?P<value>\S+)$")
+
+
+def parse_module_params(items: Sequence[str], modules: Sequence[str]) -> dict[str, list[str]]:
+    """``["aem.max_pending=64"]`` -> ``{"aem": ["max_pending=64"]}``; ValueError says why."""
+    out: dict[str, list[str]] = {}
+    for item in items:
+        m = _PARAM_RE.match(item)
+        if not m:
+            raise ValueError(f"{item!r}: give MODULE.PARAM=VALUE, e.g. aem.max_pending=4096")
+        if m["mod"] not in modules:
+            raise ValueError(f"{item!r}: {m['mod']} is not one of the AEM modules "
+                             f"({', '.join(modules)})")
+        out.setdefault(m["mod"], []).append(f"{m['param']}={m['value']}")
+    return out
+
+
+def run_name(release: str, backend: str, when: dt.datetime | None = None) -> str:
+    """``20261129T141502Z-6.1.0-57-amd64-kmod``: sortable, unique per second and kernel."""
+    when = when or dt.datetime.now(dt.timezone.utc)
+    return f"{when.strftime('%Y%m%dT%H%M%SZ')}-{release}-{backend}"
+
+
+def packages_needed(target: str, stress: bool) -> list[str]:
+    """Debian packages for a run on *target*."""
+    pk = list(PACKAGES["build"])
+    if target == "qemu":
+        pk += PACKAGES["qemu"]
+    if stress:
+        pk += PACKAGES["stress"]
+    return pk
+
+
+# --------------------------------------------------------------------------- build
+
+
+def _check(cmd: Sequence[str], what: str, cwd: Path | None = None) -> None:
+    try:
+        proc = subprocess.run(list(cmd), capture_output=True, text=True, check=False, cwd=cwd)
+    except FileNotFoundError as exc:
+        raise InfraError(f"{what}: {cmd[0]} not found") from exc
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-25:])
+        raise InfraError(f"{what} failed ({shlex.join(cmd)}):\n{tail}")
+
+
+def module_sources(repo: Path) -> list[Path]:
+    """The files Kbuild needs to build the modules (sources, headers, Kbuild, uapi)."""
+    kmod = repo / "reference" / "kmod"
+    files = [p for p in kmod.iterdir() if p.is_file() and (
+        p.name == "Kbuild" or (p.suffix in (".c", ".h") and not p.name.endswith(".mod.c")))]
+    files += sorted((kmod / "uapi").rglob("*.h"))
+    return sorted(files)
+
+
+def module_names(repo: Path) -> list[str]:
+    """Modules Kbuild builds (``obj-m``), the core ``aem`` first."""
+    text = (repo / "reference" / "kmod" / "Kbuild").read_text(encoding="utf-8")
+    names: list[str] = []
+    for m in re.finditer(r"^obj-m\s*[:+]?=\s*(.+)$", text, re.M):
+        names += [o[:-2] for o in m[1].split() if o.endswith(".o")]
+    return sorted(dict.fromkeys(names), key=lambda n: (n != "aem", n))
+
+
+def build_modules(repo: Path, kernel_build: Path, out: Path) -> list[Path]:
+    """Build the modules against *kernel_build* (a headers tree) in *out*; load order."""
+    src_root = repo / "reference" / "kmod"
+    out.mkdir(parents=True, exist_ok=True)
+    for f in module_sources(repo):
+        dest = out / f.relative_to(src_root)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not dest.exists() or dest.read_bytes() != f.read_bytes():
+            shutil.copyfile(f, dest)
+    _check(["make", "-s", "-C", str(kernel_build), f"M={out}", "modules"],
+           f"building the modules against {kernel_build}")
+    mods = [out / f"{n}.ko" for n in module_names(repo)]
+    missing = [m.name for m in mods if not m.is_file()]
+    if missing:
+        raise InfraError(f"the module build did not produce {', '.join(missing)} in {out}")
+    return mods
+
+
+def build_suite(repo: Path, build_dir: Path) -> Path:
+    """Configure (once) and build ``aem_conformance``; return the binary."""
+    if not (build_dir / "CMakeCache.txt").exists():
+        _check(["cmake", "-S", str(repo), "-B", str(build_dir), "-G", "Ninja",
+                "-DCMAKE_BUILD_TYPE=RelWithDebInfo", "-DAEM_BUILD_TESTS=ON",
+                "-DAEM_BUILD_EXAMPLES=OFF"], "configuring the conformance suite")
+    _check(["cmake", "--build", str(build_dir), "--target", SUITE_BINARY],
+           "building the conformance suite")
+    binary = build_dir / "conformance" / SUITE_BINARY
+    if not binary.is_file():
+        raise InfraError(f"the build did not produce {binary}")
+    return binary
+
+
+# --------------------------------------------------------------------------- the target script
+
+
+def target_script(plan: Plan, art: Artifacts) -> str:
+    """The shell script the target runs (as root, from the repository).
+
+    It writes into the run directory: ``gtest.xml``, ``suite.log`` and ``suite.rc``;
+    ``stress.json``, ``stress.log`` and ``stress.rc``; ``unload.log`` and ``unload.rc``.
+    Each phase runs even when the one before failed: the judgement needs them all.
+    """
+    q = shlex.quote
+    run = plan.run_dir
+    lines = [
+        "# written by cglcert certify (ci/cglcert/certify.py)",
+        "set -u",
+        f"R={q(str(run))}",
+        f"cd {q(str(plan.repo))}",
+        f"export AEM_BACKEND={q(plan.backend)} AEM_KMSG_MARKERS=1",
+        'mark() { echo "<5>aem-test: $1 $2" > /dev/kmsg 2>/dev/null || :; }',
+        "# 1. the conformance suite (it writes its own per-test markers)",
+        f"timeout -k 10 {plan.suite_timeout} {q(str(art.suite))} "
+        '--gtest_output=xml:"$R/gtest.xml" --gtest_color=no > "$R/suite.log" 2>&1',
+        'echo $? > "$R/suite.rc"',
+    ]
+    if plan.stress and art.stress_build is not None:
+        profile = STRESS_PROFILE[plan.profile]
+        cmd = [plan.python, "-m", "cglcert", "stress", f"--{profile}", "--no-build",
+               "--build-dir", str(art.stress_build), "--backend", plan.backend,
+               "--repo", str(plan.repo), "--out", str(run)]
+        lines += [
+            "# 2. the stress pass",
+            f"mark begin {PHASE_STRESS}",
+            f"PYTHONPATH={q(str(plan.repo / 'ci'))} timeout -k 10 {plan.stress_timeout} "
+            + shlex.join(cmd) + ' > "$R/stress.log" 2>&1',
+            'echo $? > "$R/stress.rc"',
+            f"mark end {PHASE_STRESS}",
+        ]
+    if plan.backend == "kmod" and art.modules:
+        names = " ".join(q(m.stem) for m in reversed(art.modules))
+        lines += [
+            "# 3. unload: fails when a context or registration was left behind",
+            f"mark begin {PHASE_UNLOAD}",
+            f'rmmod {names} > "$R/unload.log" 2>&1',
+            'echo $? > "$R/unload.rc"',
+            f"mark end {PHASE_UNLOAD}",
+        ]
+    lines.append("exit 0")
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- judgement
+
+
+def _read_rc(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _first_line(text: str, width: int = 300) -> str:
+    line = (text.strip().splitlines() or [""])[0]
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
+def stress_tests(stress: Mapping[str, Any] | None, stress_rc: int | None,
+                 requirements: Sequence[Requirement]) -> list[res.TestResult]:
+    """The stress thresholds of the catalog as tests of their requirements.
+
+    ``stress.<criterion>.<metric>``: PASS or FAIL as judged by ``cglcert stress``; a metric
+    that was not measured is SKIP with the reason; no stress.json at all (the pass crashed
+    or timed out) makes every threshold ERROR.
+    """
+    out: list[res.TestResult] = []
+    verdicts = (stress or {}).get("verdicts") or {}
+    for req in requirements:
+        checks = (verdicts.get(req.id) or {}).get("thresholds", [])
+        metrics = [th.metric for th in req.thresholds]
+        for i, th in enumerate(req.thresholds):
+            name = f"{STRESS_PREFIX}{req.id}.{th.criterion or 'c'}_{th.metric}"
+            if metrics.count(th.metric) > 1:
+                name += "_min" if th.op == ">=" else "_max"
+            if stress is None:
+                why = ("the stress pass wrote no stress.json"
+                       + (f" (exit status {stress_rc})" if stress_rc is not None else
+                          " (it did not finish)"))
+                out.append(res.TestResult(name, res.ERROR, why, (req.id,)))
+                continue
+            # cglcert stress judges the thresholds in catalog order
+            check = checks[i] if i < len(checks) and checks[i].get("metric") == th.metric \
+                else None
+            if check is None:
+                out.append(res.TestResult(name, res.SKIP, f"{th.metric} was not judged",
+                                          (req.id,)))
+                continue
+            meas = {k: str(check[k]) for k in ("measured", "bound", "ratio",
+                                                           "reference")
+                    if isinstance(check.get(k), (int, float))}
+            if check.get("verdict") == "PASS":
+                out.append(res.TestResult(name, res.PASS, "", (req.id,), meas))
+            elif check.get("verdict") == "FAIL":
+                rel = f" x {th.relative_to}" if th.relative_to else ""
+                why = (f"{th.metric} = {check.get('measured')} {th.unit or ''}, "
+                       f"not {th.op} {th.value}{rel} (bound {check.get('bound')})")
+                out.append(res.TestResult(name, res.FAIL, why, (req.id,), meas))
+            else:
+                out.append(res.TestResult(name, res.SKIP, check.get("reason") or
+                                          f"{th.metric} was not measured", (req.id,)))
+    if stress is not None:
+        for run in stress.get("runs") or []:
+            if "skipped" in run or (run.get("output") is not None
+                                    and run.get("exit_code") in (0, 1)):
+                continue
+            prog = str(run.get("program"))
+            tail = " | ".join(run.get("stderr_tail") or [])[-300:]
+            for req_id in STRESS_FEEDS.get(prog, ()):
+                if any(r.id == req_id for r in requirements):
+                    out.append(res.TestResult(
+                        f"{STRESS_PREFIX}{req_id}.{prog}", res.ERROR,
+                        f"{prog} {' '.join(run.get('argv') or [])} ended with status "
+                        f"{run.get('exit_code')} and no result: {tail}", (req_id,)))
+        summary = stress.get("summary") or {}
+        for key, req_id in (("lost", "AEM-3.5.1"), ("duplicated", "AEM-3.5.1"),
+                            ("handler_overlaps", "AEM-3.6.2")):
+            if any(r.id == req_id for r in requirements) and key in summary:
+                n = int(summary[key] or 0)
+                out.append(res.TestResult(
+                    f"{STRESS_PREFIX}{req_id}.{key}", res.PASS if n == 0 else res.FAIL,
+                    "" if n == 0 else f"{n} {key.replace('_', ' ')} under stress",
+                    (req_id,), {key: str(n)}))
+    return out
+
+
+def apply_kernel_health(tests: list[res.TestResult], findings: Sequence[kmsg.Finding],
+                        ) -> tuple[list[res.TestResult], list[kmsg.Finding]]:
+    """Fail every test during which the kernel reported a splat.
+
+    Returns the tests and the findings not attributed to one of them (they block the
+    verdict as a whole: the kernel was unhealthy outside any test).
+    """
+    by_test = kmsg.by_test(list(findings))
+    names = {t.name for t in tests}
+    out: list[res.TestResult] = []
+    for t in tests:
+        fs = by_test.get(t.name)
+        if not fs or t.outcome == res.ERROR:
+            out.append(t)
+            continue
+        why = "; ".join(f"kernel {f.kind} during this test: {_first_line(f.message, 160)}"
+                        for f in fs)
+        reason = why + (f" (the test itself: {t.outcome}"
+                        + (f": {_first_line(t.reason, 120)}" if t.reason else "") + ")")
+        out.append(res.TestResult(t.name, res.FAIL, reason, t.requirements, t.measurements,
+                                  t.time_s))
+    rest = [f for f in findings if f.test not in names]
+    return out, rest
+
+
+def hung_test(kernel_log: str) -> str | None:
+    """The test whose begin marker has no end marker (the one running at a hang/panic)."""
+    current = None
+    for m in re.finditer(r"aem-test: (begin|end) (\S+)", kernel_log):
+        current = m[2] if m[1] == "begin" else None
+    return current
+
+
+def judge(requirements: Sequence[Requirement], expected: Mapping[str, Sequence[str]],
+          run_dir: Path, execution: Execution, environment: Mapping[str, Any], *,
+          backend: str, stress_wanted: bool) -> dict[str, Any]:
+    """Build results.json from what the target left in *run_dir* and the kernel's health."""
+    harness_error: str | None = None
+    tests: list[res.TestResult] | None = None
+    env = dict(environment)
+    blockers: list[str] = []
+    suite_rc = _read_rc(run_dir / "suite.rc")
+    harness: dict[str, Any] = {"gtest_xml": "gtest.xml", "log": "suite.log",
+                               "exit_code": suite_rc, "target_error": execution.error,
+                               "target_detail": execution.detail or None}
+    running = hung_test(execution.kernel_log)
+    if execution.error == "panic" and running:
+        # The kernel died in a test: that test FAILs, the rest did not run (ERROR).
+        harness_error = f"not run: the kernel panicked during {running}"
+    elif execution.error is not None:
+        harness_error = f"{execution.error}: {_first_line(execution.detail, 400)}"
+    xml = run_dir / "gtest.xml"
+    if execution.error in (None, "panic", "timeout", "no-result") and xml.is_file():
+        try:
+            parsed = res.parse_gtest_xml_file(xml)
+            tests = parsed.tests
+            env["backend"] = parsed.attributes.get("aem_backend", backend)
+            if env["backend"] == "none":
+                tests, harness_error = None, f"libaem could not start the '{backend}' backend"
+            env["libaem_version"] = parsed.attributes.get("aem_version")
+            if suite_rc == 124 or suite_rc == 137:
+                harness_error = harness_error or "the suite timed out on the target"
+            elif suite_rc not in (0, 1) and harness_error is None:
+                harness_error = f"the suite exited with status {suite_rc}"
+        except res.GtestXmlError as exc:
+            harness_error = harness_error or str(exc)
+    elif harness_error is None:
+        harness_error = ("the suite timed out on the target" if suite_rc in (124, 137) else
+                         f"the suite left no gtest XML (exit status {suite_rc})")
+    if tests is not None:
+        tests, outside = apply_kernel_health(tests, execution.findings)
+    else:
+        outside = [f for f in execution.findings if f.test != running]
+        if running and execution.error == "panic":
+            reqs = tuple(expected.get(running, ()))
+            tests = [res.TestResult(running, res.FAIL, "the kernel panicked during this test: "
+                                    + _first_line(execution.detail, 300), reqs)]
+    for f in outside:
+        where = "during the stress pass" if f.test == PHASE_STRESS else \
+            "while unloading the modules" if f.test == PHASE_UNLOAD else "outside any test"
+        blockers.append(f"kernel {f.kind} {where}: {_first_line(f.message, 200)}")
+    if execution.taint is not None and not execution.taint.ok:
+        blockers.append(f"kernel tainted {execution.taint.letters} during the run: "
+                        + "; ".join(execution.taint.reasons))
+    unload_rc = _read_rc(run_dir / "unload.rc")
+    if backend == "kmod" and execution.error is None and unload_rc not in (0, None):
+        log = (run_dir / "unload.log").read_text(errors="replace") \
+            if (run_dir / "unload.log").exists() else ""
+        blockers.append(f"unloading the modules failed (status {unload_rc}): "
+                        f"{_first_line(log, 200) or 'a context or registration leaked'}")
+    stress: dict[str, Any] | None = None
+    stress_rc = _read_rc(run_dir / "stress.rc")
+    if stress_wanted:
+        try:
+            stress = json.loads((run_dir / "stress.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            stress = None
+        if execution.error is None or stress is not None:
+            tests = (tests or []) + stress_tests(stress, stress_rc, requirements)
+    harness["stress_exit_code"] = stress_rc
+    harness["unload_exit_code"] = unload_rc
+    results = res.build_results(requirements, tests, env, expected=expected,
+                                harness_error=harness_error, harness=harness)
+    results["health"] = {
+        "log_source": execution.log_source,
+        "findings": [f.to_dict() for f in execution.findings],
+        "taint": execution.taint.to_dict() if execution.taint else None,
+        "blockers": blockers,
+    }
+    if blockers:
+        for v in results["verdict"].values():
+            v["conformant"] = False
+            v["blockers"] = blockers
+    return results
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def base_environment(plan: Plan, release: str, flavor: str | None) -> dict[str, Any]:
+    """results.json's environment before the target adds what it knows."""
+    return {
+        "target": plan.target, "kernel": release, "flavor": flavor, "backend": plan.backend,
+        "backend_requested": plan.backend, "accel": plan.accel if plan.target == "qemu" else
+        "none", "cpus": plan.smp if plan.target == "qemu" else None,
+        "mem": plan.mem if plan.target == "qemu" else None, "profile": plan.profile,
+        "module_params": {m: list(v) for m, v in plan.module_params.items()},
+        "kernel_cmdline_extra": plan.append or None,
+        "cglcert_version": __version__,
+        "date": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "git_revision": _git_revision(plan.repo),
+    }
+
+
+def _git_revision(repo: Path) -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, check=False).stdout.strip()
+    except OSError:
+        return None
+    return out or None

@@ -1,0 +1,235 @@
+"""``cglcert certify``: certify a kernel in one command and write the report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from cglcert import ExitCode, InfraError, UsageError, default_repo_root, hostdeps, targets
+from cglcert import certify as cf
+from cglcert import results as res
+from cglcert.catalog import load_catalog
+from cglcert.commands.report import FILES, RENDERERS
+from cglcert.commands.run import expected_tests
+from cglcert.progress import Progress
+from cglcert.report.model import load_report
+
+DESCRIPTION = """\
+Certify a Linux kernel against the CGL asynchronous-event requirements and write the
+report. By default: install what is missing (apt, as root), fetch Debian's default 6.1
+amd64 kernel with its headers into the kernel cache, build the AEM modules for it, the
+conformance suite and the stress programs, boot the kernel under QEMU (TCG), load the
+modules, run the conformance suite (a kernel-log marker around every test: a WARN, BUG or
+oops fails the test it happened in) and a short stress pass, unload the modules, and write
+RUN/results.json, RUN/stress.json and RUN/report/ (report.html, report.md, junit.xml,
+report.ktap, kcidb.json), RUN being reports/out/<date>-<kernel>-<backend>/ or --out.
+
+Profiles: --quick (conformance + a seconds-long stress smoke pass: about 5 minutes under
+TCG), default (conformance + 'cglcert stress --quick'), --full (conformance + the full
+stress sweep: an hour or more).
+
+Targets: qemu (default) boots a Debian kernel (--kernel: 6.1.0-57-amd64, rt-amd64,
+cloud-amd64, ...; see 'cglcert kernels list'); local certifies the kernel this machine
+runs (the modules are built against /lib/modules/$(uname -r)/build and loaded: root only).
+
+Exit codes: 0 certified (for --verdict, default CGL 2.0), 1 not certified (a requirement
+failed, or the kernel was unhealthy: splat, taint, modules that would not unload, panic),
+2 usage error, 3 infrastructure error (build failure, boot failure, a module that does not
+load, a hang, the suite crashed); results.json and the report are written whenever the
+target ran, ERROR naming the reason.
+"""
+
+_MEM_RE = re.compile(r"^[1-9][0-9]*[MG]$")
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``certify`` subcommand."""
+    p = subparsers.add_parser(
+        "certify", help="certify a kernel (QEMU or this machine) and write the report",
+        description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--kernel", default=None, metavar="ABI-FLAVOR",
+                   help="qemu target: Debian release (6.1.0-57-amd64), flavor (rt-amd64, "
+                        "cloud-amd64) or 'default' (Debian's default amd64 kernel)")
+    p.add_argument("--backend", choices=("kmod", "user"), default="kmod",
+                   help="libaem backend: kmod (the AEM kernel modules, default) or user "
+                        "(user space on any kernel)")
+    p.add_argument("--target", choices=targets.TARGETS, default="qemu",
+                   help="qemu (default): boot the kernel under QEMU; local: this machine")
+    p.add_argument("--accel", choices=("tcg", "kvm"), default="tcg",
+                   help="QEMU accelerator (default tcg; kvm needs /dev/kvm that works)")
+    p.add_argument("--smp", type=int, default=2, metavar="N", help="guest CPUs (default 2)")
+    p.add_argument("--mem", default="2G", metavar="SIZE", help="guest memory (default 2G)")
+    prof = p.add_mutually_exclusive_group()
+    prof.add_argument("--quick", action="store_true", help="conformance + stress smoke pass")
+    prof.add_argument("--full", action="store_true", help="conformance + the full stress sweep")
+    p.add_argument("--no-stress", action="store_true",
+                   help="conformance only (the stress thresholds are then SKIP: not certified)")
+    p.add_argument("--verdict", choices=tuple(res.VERDICTS), default="cgl-2.0",
+                   help="verdict that decides the exit code (default cgl-2.0)")
+    p.add_argument("--append", default="", metavar="ARGS",
+                   help="qemu target: extra kernel command line (e.g. 'isolcpus=1')")
+    p.add_argument("--module-param", action="append", default=[], metavar="MOD.PARAM=VALUE",
+                   help="kmod backend: load module MOD with PARAM=VALUE (e.g. "
+                        "aem.max_pending=4096, the policy to certify); repeatable")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="run directory (default reports/out/<date>-<kernel>-<backend>)")
+    p.add_argument("--json", action="store_true",
+                   help="no progress; print the outcome as JSON on stdout")
+    p.add_argument("--repo", type=Path, default=None, metavar="DIR",
+                   help="project root (default: the repository of this cglcert)")
+    p.set_defaults(func=run)
+
+
+def _validate(args: argparse.Namespace, repo: Path) -> None:
+    if not (repo / "conformance").is_dir() or not (repo / "reference" / "kmod").is_dir():
+        raise UsageError(f"--repo {repo}: not the project root (no conformance/ or "
+                         "reference/kmod/ in it)")
+    if not 1 <= args.smp <= 64:
+        raise UsageError(f"--smp {args.smp}: give 1 to 64 guest CPUs")
+    if not _MEM_RE.match(args.mem):
+        raise UsageError(f"--mem {args.mem!r}: give a size such as 2G or 1536M")
+    if args.target == "local":
+        given = [o for o, v in (("--kernel", args.kernel), ("--append", args.append)) if v]
+        if given or args.accel != "tcg" or args.smp != 2 or args.mem != "2G":
+            raise UsageError(
+                f"{', '.join(given) or '--accel/--smp/--mem'}: only for --target qemu; the "
+                "local target certifies the kernel this machine runs, as it runs")
+    if args.accel == "kvm" and not Path("/dev/kvm").exists():
+        raise UsageError("--accel kvm: /dev/kvm does not exist here; use --accel tcg")
+    if args.module_param and args.backend != "kmod":
+        raise UsageError("--module-param: only with --backend kmod (the user backend loads "
+                         "no module)")
+    try:
+        cf.parse_module_params(args.module_param, cf.module_names(repo))
+    except ValueError as exc:
+        raise UsageError(f"--module-param {exc}") from exc
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out}: exists and is not a directory")
+
+
+def _exit_code(results: dict[str, Any], execution: cf.Execution, verdict: str) -> int:
+    infra = execution.error is not None and execution.error != "panic"
+    if infra or (results["harness"].get("error") and
+                 not any(t["outcome"] != res.ERROR for r in results["requirements"]
+                         for t in r["tests"])):
+        return ExitCode.INFRA
+    return ExitCode.OK if res.exit_verdict(results, verdict) else ExitCode.FAILED
+
+
+def run(args: argparse.Namespace) -> int:
+    """Certify; return the exit code (module docstring of :mod:`cglcert.certify`)."""
+    repo = (args.repo or default_repo_root()).resolve()
+    _validate(args, repo)
+    profile = "quick" if args.quick else "full" if args.full else "default"
+    target = targets.load(args.target)
+    plan = cf.Plan(repo=repo, run_dir=Path(), kernel=args.kernel, backend=args.backend,
+                   target=args.target, accel=args.accel, smp=args.smp, mem=args.mem,
+                   profile=profile, verdict=args.verdict, append=args.append,
+                   stress=not args.no_stress,
+                   module_params=cf.parse_module_params(args.module_param,
+                                                        cf.module_names(repo)))
+    prog = Progress(6, quiet=args.json)
+
+    prog.step("host packages")
+    need = cf.packages_needed(args.target, plan.stress)
+    try:
+        installed = hostdeps.ensure(need, quiet=True)
+    except hostdeps.MissingPackages as exc:
+        raise InfraError(f"missing Debian packages: {' '.join(exc.packages)}; run: {exc}") \
+            from exc
+    prog.done(f"installed {' '.join(installed)}" if installed else "all present")
+
+    prog.step("kernel")
+    release, flavor, kernel = target.prepare(plan)
+    plan.run_dir = (args.out or repo / "reports" / "out" / cf.run_name(release, plan.backend))
+    plan.run_dir = plan.run_dir.resolve()
+    try:
+        plan.run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {plan.run_dir}: cannot create the directory: {exc}") from exc
+    for stale in ("gtest.xml", "suite.rc", "stress.json", "stress.rc", "unload.rc"):
+        (plan.run_dir / stale).unlink(missing_ok=True)
+    prog.done(f"{release}" + (f" ({kernel.version})" if kernel else " (running)"))
+
+    prog.step("build")
+    catalog = load_catalog(repo)
+    if catalog.problems:
+        raise InfraError(f"the requirement catalog is invalid ({len(catalog.problems)} "
+                         "problems); run './cglcert coverage' for the list")
+    modules: list[Path] = []
+    if plan.backend == "kmod":
+        hdrs = kernel.build_dir if kernel else targets.load("local").headers_dir(release)
+        if hdrs is None:
+            raise InfraError(f"no headers for {release} in the kernel cache: "
+                             f"run './cglcert kernels fetch {release}'")
+        prog.note(f"modules for {release}")
+        modules = cf.build_modules(repo, hdrs, repo / "build" / "certify" / "kmod" / release)
+    prog.note("conformance suite")
+    suite = cf.build_suite(repo, repo / "build" / "conformance")
+    stress_build = None
+    if plan.stress:
+        from cglcert.commands import stress as stress_cmd
+        prog.note("stress programs")
+        stress_build = repo / "build" / "cglcert-stress"
+        stress_cmd.build(repo, stress_build)
+    art = cf.Artifacts(suite=suite, stress_build=stress_build, modules=modules, kernel=kernel)
+    prog.done(", ".join(filter(None, [f"{len(modules)} modules" if modules else "",
+                                      "suite", "stress" if stress_build else ""])))
+
+    where = (f"{release} under QEMU ({plan.accel}, {plan.smp} CPUs, {plan.mem})"
+             if plan.target == "qemu" else f"this machine ({release})")
+    prog.step(f"run on {where}")
+    script = cf.target_script(plan, art)
+    (plan.run_dir / "certify.sh").write_text(script, encoding="utf-8")
+    execution = target.execute(plan, art, script)
+    if execution.error:
+        prog.fail(f"{execution.error}: {execution.detail.splitlines()[0] if execution.detail else ''}")
+    else:
+        prog.done(f"kernel log: {len(execution.findings)} finding(s)")
+
+    prog.step("judge")
+    env = cf.base_environment(plan, release, flavor)
+    env.update(execution.environment)
+    results = cf.judge(catalog.requirements, expected_tests(repo), plan.run_dir, execution,
+                       env, backend=plan.backend, stress_wanted=plan.stress)
+    (plan.run_dir / "results.json").write_text(res.results_to_json(results), encoding="utf-8")
+    counts = results["summary"]["tests"]
+    prog.done(", ".join(f"{n} {o.lower()}" for o, n in counts.items() if n))
+
+    prog.step("report")
+    report_dir = plan.run_dir / "report"
+    report = load_report([plan.run_dir], generated_by="Generated by cglcert certify.")
+    report_dir.mkdir(exist_ok=True)
+    written = []
+    for fmt, render in RENDERERS.items():
+        path = report_dir / FILES[fmt]
+        path.write_text(render(report), encoding="utf-8")
+        written.append(str(path))
+    prog.done(str(report_dir))
+
+    code = _exit_code(results, execution, args.verdict)
+    outcome = {ExitCode.OK: "CERTIFIED", ExitCode.FAILED: "NOT CERTIFIED",
+               ExitCode.INFRA: "ERROR"}[ExitCode(code)]
+    if args.json:
+        json.dump({"outcome": outcome, "exit_code": int(code), "run_dir": str(plan.run_dir),
+                   "kernel": release, "backend": results["environment"].get("backend"),
+                   "target": plan.target, "verdict": results["verdict"],
+                   "summary": results["summary"], "error": results["harness"].get("error"),
+                   "blockers": results["health"]["blockers"], "reports": written,
+                   "steps": prog.steps}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(res.render_summary(results))
+        for b in results["health"]["blockers"]:
+            sys.stdout.write(f"blocker: {b}\n")
+        if results["harness"].get("error"):
+            sys.stdout.write(f"error: {results['harness']['error']}\n")
+        key = res.VERDICTS[args.verdict]
+        sys.stdout.write(f"{outcome}: {release}, backend {plan.backend}, "
+                         f"{args.verdict.upper()} {'conformant' if results['verdict'][key]['conformant'] else 'not conformant'}\n"
+                         f"report: {report_dir / FILES['html']}\n")
+    return code

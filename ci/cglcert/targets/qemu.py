@@ -1,0 +1,57 @@
+"""The QEMU target: boot a Debian kernel from the cache, run the script, read its health.
+
+The guest sees the host root read-only and the run directory writable (:mod:`cglcert.qemu`);
+the modules are loaded by the guest's init before the script (a module that does not load
+is an ERROR of the run, with insmod's message). The kernel log is dmesg copied out after
+the script, or the serial console when the guest died.
+"""
+
+from __future__ import annotations
+
+from cglcert import InfraError, hostdeps, kmsg
+from cglcert import kernels as kc
+from cglcert import qemu as q
+from cglcert.certify import Artifacts, Execution, Plan, module_argument
+
+#: Kernel command line added by certify: loglevel 6 puts the per-test markers (KERN_NOTICE)
+#: on the serial console too, so a panic is attributed to its test even without dmesg.
+APPEND = "loglevel=6"
+
+
+def prepare(plan: Plan) -> tuple[str, str | None, kc.Kernel]:
+    """Resolve and fetch the kernel (with headers when the modules must be built)."""
+    try:
+        release = kc.resolve(plan.kernel)
+        kernel = kc.cached(release)
+        if kernel is None or (plan.backend == "kmod" and kernel.build_dir is None):
+            kernel = kc.fetch(release, headers=plan.backend == "kmod")
+    except kc.KernelError as exc:
+        raise InfraError(str(exc)) from exc
+    return release, kernel.flavor, kernel
+
+
+def execute(plan: Plan, art: Artifacts, script: str) -> Execution:
+    """Boot, run *script* as root in the guest, return what happened."""
+    assert art.kernel is not None
+    timeout = plan.suite_timeout + (plan.stress_timeout if plan.stress else 0) + 120
+    try:
+        r = q.run_in_guest(
+            art.kernel, script, smp=plan.smp, mem=plan.mem, accel=plan.accel,
+            timeout=timeout, results_dir=plan.run_dir, cwd=plan.repo,
+            extra_modules=[module_argument(m, plan) for m in art.modules] if plan.backend == "kmod" else [],
+            append=" ".join(x for x in (APPEND, plan.append) if x))
+    except kc.KernelError as exc:
+        raise InfraError(str(exc)) from exc
+    except hostdeps.MissingPackages as exc:
+        raise InfraError(f"missing Debian packages {' '.join(exc.packages)}; run: {exc}") from exc
+    rep = r.report
+    taint = rep.new_taint or rep.taint
+    env = {"boot": r.boot, "boot_seconds": None if r.boot_seconds is None else
+           round(r.boot_seconds, 1), "guest_seconds": round(r.duration, 1),
+           "kernel_log": r.kernel_log_source, "tainted": r.tainted}
+    return Execution(error=r.error, detail=r.detail, kernel_log=r.kernel_log,
+                     log_source=r.kernel_log_source, findings=rep.findings, taint=taint,
+                     environment=env)
+
+
+__all__ = ["prepare", "execute", "kmsg"]

@@ -1,0 +1,301 @@
+"""``cglcert certify``: the target script, the judgement with the kernel's health, the
+command line, and (marked qemu) whole runs: a certification, a kernel that panics at boot,
+a module that does not load."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cglcert import certify as cf
+from cglcert import kmsg
+from cglcert import results as res
+from cglcert.catalog import load_catalog
+from cglcert.commands.run import expected_tests
+
+from conftest import REPO
+
+CATALOG = load_catalog(REPO).requirements
+EXPECTED = expected_tests(REPO)
+
+
+def plan(tmp_path: Path, **kw) -> cf.Plan:
+    base = dict(repo=REPO, run_dir=tmp_path, kernel=None, backend="kmod", target="qemu")
+    base.update(kw)
+    return cf.Plan(**base)
+
+
+def art(tmp_path: Path) -> cf.Artifacts:
+    return cf.Artifacts(suite=tmp_path / "aem conformance", stress_build=tmp_path / "sb",
+                        modules=[tmp_path / "aem.ko", tmp_path / "aem_timer.ko"])
+
+
+def xml(*cases: tuple[str, str, str]) -> str:
+    """gtest XML with (Suite.Name, requirement, failure message or "") cases."""
+    body = []
+    for name, req, failure in cases:
+        suite, test = name.split(".")
+        fail = f'<failure message="{failure}">{failure}</failure>' if failure else ""
+        body.append(f'<testsuite name="{suite}"><testcase name="{test}" status="run" '
+                    f'result="completed" classname="{suite}"><properties><property '
+                    f'name="requirement" value="{req}"/></properties>{fail}</testcase>'
+                    "</testsuite>")
+    return ('<?xml version="1.0"?><testsuites aem_backend="kmod" aem_version="0.1" '
+            f'name="AllTests">{"".join(body)}</testsuites>')
+
+
+def first_tests(n: int) -> list[tuple[str, str]]:
+    """n real test names of the suite with their first requirement."""
+    return [(name, reqs[0]) for name, reqs in sorted(EXPECTED.items())[:n]]
+
+
+def write_run(run: Path, cases: list[tuple[str, str, str]], *, suite_rc: int = 0,
+              unload_rc: int | None = 0, stress: dict | None = None) -> None:
+    (run / "gtest.xml").write_text(xml(*cases))
+    (run / "suite.rc").write_text(f"{suite_rc}\n")
+    if unload_rc is not None:
+        (run / "unload.rc").write_text(f"{unload_rc}\n")
+    if stress is not None:
+        (run / "stress.json").write_text(json.dumps(stress))
+        (run / "stress.rc").write_text("0\n")
+
+
+def all_pass(run: Path) -> list[tuple[str, str]]:
+    names = sorted(EXPECTED.items())
+    write_run(run, [(n, r[0], "") for n, r in names])
+    return [(n, r[0]) for n, r in names]
+
+
+# --------------------------------------------------------------------------- modules, script
+
+
+def test_module_names_put_the_core_first() -> None:
+    names = cf.module_names(REPO)
+    assert names[0] == "aem"
+    assert {"aem_timer", "aem_soft", "aem_fd"} <= set(names)
+
+
+def test_module_sources_leave_out_generated_files() -> None:
+    files = [p.name for p in cf.module_sources(REPO)]
+    assert "Kbuild" in files and "aem_core.c" in files and "aem.h" in files
+    assert not [f for f in files if f.endswith(".mod.c") or f.endswith(".o")]
+
+
+def test_parse_module_params() -> None:
+    assert cf.parse_module_params(["aem.max_pending=64", "aem.boost_prio=10"], ["aem"]) == \
+        {"aem": ["max_pending=64", "boost_prio=10"]}
+    with pytest.raises(ValueError, match="MODULE.PARAM=VALUE"):
+        cf.parse_module_params(["max_pending=64"], ["aem"])
+    with pytest.raises(ValueError, match="not one of the AEM modules"):
+        cf.parse_module_params(["nfs.x=1"], ["aem"])
+
+
+def test_script_runs_every_phase_and_unloads_in_reverse(tmp_path: Path) -> None:
+    s = cf.target_script(plan(tmp_path), art(tmp_path))
+    assert "export AEM_BACKEND=kmod AEM_KMSG_MARKERS=1" in s
+    assert f"'{tmp_path}/aem conformance'" in s          # quoted
+    assert "stress --quick --no-build" in s              # default profile: stress --quick
+    assert "rmmod aem_timer aem " in s
+    assert s.index("gtest.xml") < s.index(cf.PHASE_STRESS) < s.index(cf.PHASE_UNLOAD)
+
+
+def test_script_of_the_user_backend_unloads_nothing(tmp_path: Path) -> None:
+    s = cf.target_script(plan(tmp_path, backend="user", stress=False, profile="quick"),
+                         art(tmp_path))
+    assert "rmmod" not in s and "stress" not in s.replace("stress.", "")
+
+
+# --------------------------------------------------------------------------- judgement
+
+
+def judge(run: Path, execution: cf.Execution | None = None, *, stress: bool = False,
+          backend: str = "kmod") -> dict:
+    return cf.judge(CATALOG, EXPECTED, run, execution or cf.Execution(), {"kernel": "k"},
+                    backend=backend, stress_wanted=stress)
+
+
+def test_a_clean_run_with_every_test_passing_certifies(tmp_path: Path) -> None:
+    all_pass(tmp_path)
+    r = judge(tmp_path)
+    assert r["verdict"]["cgl_2_0"]["conformant"] and r["verdict"]["cgl_3_0"]["conformant"]
+    assert r["health"]["blockers"] == []
+
+
+def test_a_splat_during_a_test_fails_that_test_only(tmp_path: Path) -> None:
+    names = all_pass(tmp_path)
+    victim, req = names[3]
+    f = kmsg.Finding("warning", "WARNING: CPU: 1 PID: 9 at aem_core.c:10", 5, test=victim)
+    r = judge(tmp_path, cf.Execution(findings=(f,)))
+    tests = {t["name"]: t for q in r["requirements"] for t in q["tests"]}
+    assert tests[victim]["outcome"] == res.FAIL
+    assert "kernel warning during this test" in tests[victim]["reason"]
+    assert sum(t["outcome"] == res.FAIL for t in tests.values()) == 1
+    assert next(q for q in r["requirements"] if q["id"] == req)["verdict"] == res.FAIL
+    assert r["health"]["blockers"] == []
+
+
+def test_a_splat_outside_tests_blocks_the_verdict(tmp_path: Path) -> None:
+    all_pass(tmp_path)
+    f = kmsg.Finding("bug", "BUG: unable to handle page fault", 9, test=cf.PHASE_UNLOAD)
+    r = judge(tmp_path, cf.Execution(findings=(f,)))
+    assert not r["verdict"]["cgl_2_0"]["conformant"]
+    assert "while unloading the modules" in r["verdict"]["cgl_2_0"]["blockers"][0]
+
+
+def test_bad_taint_and_a_failed_unload_block_the_verdict(tmp_path: Path) -> None:
+    all_pass(tmp_path)
+    (tmp_path / "unload.rc").write_text("1\n")
+    (tmp_path / "unload.log").write_text("rmmod: ERROR: Module aem is in use\n")
+    r = judge(tmp_path, cf.Execution(taint=kmsg.decode_taint(1 << 9)))
+    blockers = r["health"]["blockers"]
+    assert any("tainted W" in b for b in blockers)
+    assert any("Module aem is in use" in b for b in blockers)
+    assert not r["verdict"]["cgl_2_0"]["conformant"]
+
+
+def test_a_boot_failure_is_error_never_fail(tmp_path: Path) -> None:
+    r = judge(tmp_path, cf.Execution(error="boot", detail="the kernel panicked before the "
+                                     "command started: Kernel panic - not syncing: VFS"))
+    outcomes = {t["outcome"] for q in r["requirements"] for t in q["tests"]}
+    assert outcomes == {res.ERROR}
+    assert {q["verdict"] for q in r["requirements"]} == {res.ERROR}
+    assert "boot: the kernel panicked" in r["harness"]["error"]
+
+
+def test_a_panic_in_a_test_fails_it_and_the_rest_did_not_run(tmp_path: Path) -> None:
+    (victim, _req), = first_tests(1)
+    log = f"[1.0] aem-test: begin {victim}\n[1.1] Kernel panic - not syncing: Fatal exception\n"
+    r = judge(tmp_path, cf.Execution(error="panic", detail="Kernel panic - not syncing: Fatal",
+                                     kernel_log=log))
+    tests = {t["name"]: t for q in r["requirements"] for t in q["tests"]}
+    assert tests[victim]["outcome"] == res.FAIL and "panicked" in tests[victim]["reason"]
+    others = {t["outcome"] for n, t in tests.items() if n != victim}
+    assert others == {res.ERROR}
+    assert f"panicked during {victim}" in r["harness"]["error"]
+
+
+def test_a_suite_that_timed_out_is_error(tmp_path: Path) -> None:
+    (tmp_path / "suite.rc").write_text("124\n")
+    r = judge(tmp_path)
+    assert "timed out" in r["harness"]["error"]
+    assert {q["verdict"] for q in r["requirements"]} == {res.ERROR}
+
+
+def stress_doc(**summary) -> dict:
+    verdicts = {}
+    for req in CATALOG:
+        if req.thresholds:
+            verdicts[req.id] = {"thresholds": [
+                {"metric": th.metric, "verdict": "PASS", "measured": 1, "bound": 2}
+                for th in req.thresholds]}
+    verdicts["AEM-3.2.1"]["thresholds"][0].update(verdict="FAIL", measured=9, ratio=4.5)
+    verdicts["AEM-3.3.1"]["thresholds"][0].update(verdict="MISSING", measured=None,
+                                                  reason="metric x was not measured")
+    return {"verdicts": verdicts, "summary": {"lost": 0, "duplicated": 0,
+                                              "handler_overlaps": 0, **summary}}
+
+
+def test_stress_thresholds_become_tests_of_their_requirement(tmp_path: Path) -> None:
+    names = sorted(EXPECTED.items())
+    write_run(tmp_path, [(n, r[0], "") for n, r in names], stress=stress_doc(lost=3))
+    r = judge(tmp_path, stress=True)
+    by_req = {q["id"]: q for q in r["requirements"]}
+    stress = {t["name"]: t for q in r["requirements"] for t in q["tests"]
+              if t["name"].startswith(cf.STRESS_PREFIX)}
+    assert by_req["AEM-3.2.1"]["verdict"] == res.FAIL
+    t321 = next(t for n, t in stress.items() if n.startswith("stress.AEM-3.2.1."))
+    assert t321["measurements"]["ratio"] == 4.5
+    assert by_req["AEM-3.3.1"]["verdict"] == res.SKIP        # not measured: never a pass
+    assert stress["stress.AEM-3.5.1.lost"]["outcome"] == res.FAIL
+    assert by_req["AEM-3.5.1"]["verdict"] == res.FAIL
+    assert by_req["AEM-3.6.2"]["verdict"] == res.PASS
+
+
+def test_a_missing_stress_json_makes_the_thresholds_error(tmp_path: Path) -> None:
+    all_pass(tmp_path)
+    (tmp_path / "stress.rc").write_text("137\n")
+    r = judge(tmp_path, stress=True)
+    t = next(t for q in r["requirements"] for t in q["tests"]
+             if t["name"].startswith("stress.AEM-3.5.1"))
+    assert t["outcome"] == res.ERROR and "exit status 137" in t["reason"]
+
+
+def test_hung_test_is_the_last_unended_begin() -> None:
+    log = textwrap.dedent("""\
+        aem-test: begin A.a
+        aem-test: end A.a
+        aem-test: begin B.b
+        """)
+    assert cf.hung_test(log) == "B.b"
+    assert cf.hung_test(log + "aem-test: end B.b\n") is None
+
+
+# --------------------------------------------------------------------------- command line
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--smp", "0"], "--smp 0"),
+    (["--mem", "lots"], "--mem 'lots'"),
+    (["--target", "local", "--kernel", "rt-amd64"], "only for --target qemu"),
+    (["--backend", "user", "--module-param", "aem.max_pending=1"], "only with --backend kmod"),
+    (["--module-param", "aem:max=1"], "MODULE.PARAM=VALUE"),
+])
+def test_bad_arguments_are_usage_errors(run_cli, argv, message) -> None:
+    r = run_cli("certify", *argv)
+    assert r.code == 2, r.err
+    assert message in r.err
+
+
+def test_local_kmod_without_headers_is_an_infrastructure_error(run_cli, tmp_path: Path) -> None:
+    from cglcert.targets import local
+    import platform
+    if (local.headers_dir(platform.release()) / "Makefile").exists():
+        pytest.skip("this machine has headers for its kernel: the error path is not reached")
+    r = run_cli("certify", "--target", "local", "--out", str(tmp_path / "run"))
+    assert r.code == 3
+    assert "has no headers" in r.err and "--target qemu" in r.err
+
+
+# --------------------------------------------------------------------------- whole runs
+
+
+@pytest.mark.qemu
+def test_a_kernel_that_panics_at_boot_gives_error_and_a_report(run_cli, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    r = run_cli("certify", "--quick", "--no-stress", "--append", "rdinit=/nonexistent",
+                "--json", "--out", str(run))
+    assert r.code == 3, r.err
+    out = json.loads(r.out)
+    assert out["outcome"] == "ERROR" and out["error"].startswith("boot:")
+    results = json.loads((run / "results.json").read_text())
+    assert {q["verdict"] for q in results["requirements"]} == {res.ERROR}
+    html = (run / "report" / "report.html").read_text()
+    assert "ERROR" in html
+
+
+@pytest.mark.qemu
+def test_a_module_that_does_not_load_gives_error(run_cli, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    r = run_cli("certify", "--quick", "--no-stress", "--module-param", "aem.max_regs=lots",
+                "--json", "--out", str(run))
+    assert r.code == 3, r.err
+    out = json.loads(r.out)
+    assert out["error"].startswith("module:") and "aem" in out["error"]
+    assert (run / "report" / "kcidb.json").is_file()
+
+
+def test_a_crashed_stress_program_is_error_for_the_requirements_it_feeds(tmp_path: Path) -> None:
+    names = sorted(EXPECTED.items())
+    doc = stress_doc()
+    doc["runs"] = [{"program": "aem_stress_delivery", "argv": ["--duration", "2"],
+                    "exit_code": -6, "output": None,
+                    "stderr_tail": ["sockasync_read: Operation not supported"]}]
+    write_run(tmp_path, [(n, r[0], "") for n, r in names], stress=doc)
+    r = judge(tmp_path, stress=True)
+    q = next(q for q in r["requirements"] if q["id"] == "AEM-3.5.1")
+    t = next(t for t in q["tests"] if t["name"] == "stress.AEM-3.5.1.aem_stress_delivery")
+    assert t["outcome"] == res.ERROR and "Operation not supported" in t["reason"]
+    assert q["verdict"] == res.ERROR
