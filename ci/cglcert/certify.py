@@ -79,6 +79,8 @@ class Plan:
     append: str = ""
     stress: bool = True
     module_params: dict[str, list[str]] = field(default_factory=dict)  #: module -> PARAM=V
+    target_url: str = ""        #: ssh target: ssh://[user@]host[:port]
+    ssh_options: list[str] = field(default_factory=list)  #: ssh target: ``-o`` options
     python: str = sys.executable
 
     @property
@@ -146,6 +148,8 @@ def packages_needed(target: str, stress: bool) -> list[str]:
     pk = list(PACKAGES["build"])
     if target == "qemu":
         pk += PACKAGES["qemu"]
+    elif target.startswith("ssh"):
+        pk.append("openssh-client")
     if stress:
         pk += PACKAGES["stress"]
     return pk
@@ -217,11 +221,71 @@ def build_suite(repo: Path, build_dir: Path) -> Path:
 # --------------------------------------------------------------------------- the target script
 
 
+def stress_programs(profile: str) -> list[tuple[str, list[str], int, bool]]:
+    """(program, argv, seconds allowed, needs stress-ng) of the stress pass of *profile*."""
+    from argparse import Namespace
+
+    from cglcert.commands import stress as st
+    sprof = STRESS_PROFILE[profile]
+    ns = Namespace(full=sprof == "full", quick=sprof == "quick", smoke=sprof == "smoke",
+                   duration=None)
+    out = []
+    for prog, argv in st.profile(ns, True):
+        dur = float(argv[argv.index("--duration") + 1]) if "--duration" in argv else 0.0
+        budget = int(600 + 2 * dur + (3000 if sprof == "full" else 0))
+        out.append((prog, argv, budget, "--stress-ng" in argv))
+    return out
+
+
+def collect_stress(plan: Plan, requirements: Sequence[Requirement],
+                   environment: Mapping[str, Any]) -> dict[str, Any] | None:
+    """stress.json from what the target's stress pass left in RUN/stress/ (None: it never ran)."""
+    from cglcert.commands import stress as st
+    sdir = plan.run_dir / "stress"
+    if not sdir.is_dir():
+        return None
+    runs: list[dict[str, Any]] = []
+    elapsed = 0.0
+    for i, (prog, argv, _budget, needs_sng) in enumerate(stress_programs(plan.profile)):
+        base = sdir / f"{i:02d}-{prog}"
+        rc = _read_rc(base.with_suffix(".rc"))
+        if not base.with_suffix(".start").exists():
+            why = ("stress-ng is not installed on the target" if needs_sng else
+                   "not built (needs libbenchmark-dev)" if prog == st.MICRO else "not built")
+            runs.append({"program": prog, "argv": argv, "skipped": why})
+            continue
+        try:
+            took = float(base.with_suffix(".end").read_text()) - \
+                float(base.with_suffix(".start").read_text())
+        except (OSError, ValueError):
+            took = 0.0
+        elapsed += took
+        try:
+            output = json.loads(base.with_suffix(".json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            output = None
+        err = base.with_suffix(".err")
+        tail = err.read_text(errors="replace").strip().splitlines()[-10:] if err.exists() else []
+        if rc in (124, 137):
+            tail.append(f"timed out after {_budget} s")
+        runs.append({"program": prog, "argv": argv, "exit_code": -1 if rc is None else rc,
+                     "elapsed_s": round(took, 3), "output": output, "stderr_tail": tail})
+    env = {k: environment.get(k) for k in ("kernel", "flavor", "target", "accel", "cpus",
+                                          "mem", "git_revision")}
+    env["backend_requested"] = plan.backend
+    env["time"] = environment.get("date")
+    report = st.assemble(list(requirements), runs, env, STRESS_PROFILE[plan.profile], elapsed)
+    (plan.run_dir / "stress.json").write_text(json.dumps(report, indent=2) + "\n",
+                                              encoding="utf-8")
+    return report
+
+
 def target_script(plan: Plan, art: Artifacts) -> str:
     """The shell script the target runs (as root, from the repository).
 
-    It writes into the run directory: ``gtest.xml``, ``suite.log`` and ``suite.rc``;
-    ``stress.json``, ``stress.log`` and ``stress.rc``; ``unload.log`` and ``unload.rc``.
+    It needs nothing but a POSIX shell and coreutils on the target (no Python), and writes
+    into the run directory: ``gtest.xml``, ``suite.log`` and ``suite.rc``; per stress
+    program ``stress/NN-PROG.{json,err,rc,start,end}``; ``unload.log`` and ``unload.rc``.
     Each phase runs even when the one before failed: the judgement needs them all.
     """
     q = shlex.quote
@@ -239,18 +303,22 @@ def target_script(plan: Plan, art: Artifacts) -> str:
         'echo $? > "$R/suite.rc"',
     ]
     if plan.stress and art.stress_build is not None:
-        profile = STRESS_PROFILE[plan.profile]
-        cmd = [plan.python, "-m", "cglcert", "stress", f"--{profile}", "--no-build",
-               "--build-dir", str(art.stress_build), "--backend", plan.backend,
-               "--repo", str(plan.repo), "--out", str(run)]
-        lines += [
-            "# 2. the stress pass",
-            f"mark begin {PHASE_STRESS}",
-            f"PYTHONPATH={q(str(plan.repo / 'ci'))} timeout -k 10 {plan.stress_timeout} "
-            + shlex.join(cmd) + ' > "$R/stress.log" 2>&1',
-            'echo $? > "$R/stress.rc"',
-            f"mark end {PHASE_STRESS}",
-        ]
+        lines += ["# 2. the stress pass: each program's JSON into $R/stress/ (judged on the host)",
+                  f"mark begin {PHASE_STRESS}", 'mkdir -p "$R/stress"']
+        for i, (prog, argv, budget, needs_sng) in enumerate(stress_programs(plan.profile)):
+            base = f'"$R/stress/{i:02d}-{prog}'
+            path = q(str(art.stress_build / "stress" / prog))
+            cond = f"[ -x {path} ]" + (" && command -v stress-ng >/dev/null" if needs_sng else "")
+            lines += [
+                f"if {cond}; then",
+                f"  date +%s.%N > {base}.start\"",
+                f"  timeout -k 10 {budget} {path} {shlex.join(argv)} > {base}.json\" "
+                f"2> {base}.err\"",
+                f"  echo $? > {base}.rc\"",
+                f"  date +%s.%N > {base}.end\"",
+                "fi",
+            ]
+        lines.append(f"mark end {PHASE_STRESS}")
     if plan.backend == "kmod" and art.modules:
         names = " ".join(q(m.stem) for m in reversed(art.modules))
         lines += [
@@ -279,13 +347,14 @@ def _first_line(text: str, width: int = 300) -> str:
     return line if len(line) <= width else line[: width - 3] + "..."
 
 
-def stress_tests(stress: Mapping[str, Any] | None, stress_rc: int | None,
+def stress_tests(stress: Mapping[str, Any] | None,
                  requirements: Sequence[Requirement]) -> list[res.TestResult]:
     """The stress thresholds of the catalog as tests of their requirements.
 
     ``stress.<criterion>.<metric>``: PASS or FAIL as judged by ``cglcert stress``; a metric
-    that was not measured is SKIP with the reason; no stress.json at all (the pass crashed
-    or timed out) makes every threshold ERROR.
+    that was not measured is SKIP with the reason; no stress.json at all (the pass never
+    ran: the target died first) makes every threshold ERROR; a program that crashed is an
+    ERROR test of the requirements it measures.
     """
     out: list[res.TestResult] = []
     verdicts = (stress or {}).get("verdicts") or {}
@@ -297,9 +366,7 @@ def stress_tests(stress: Mapping[str, Any] | None, stress_rc: int | None,
             if metrics.count(th.metric) > 1:
                 name += "_min" if th.op == ">=" else "_max"
             if stress is None:
-                why = ("the stress pass wrote no stress.json"
-                       + (f" (exit status {stress_rc})" if stress_rc is not None else
-                          " (it did not finish)"))
+                why = "the stress pass did not run or left no results"
                 out.append(res.TestResult(name, res.ERROR, why, (req.id,)))
                 continue
             # cglcert stress judges the thresholds in catalog order
@@ -438,14 +505,16 @@ def judge(requirements: Sequence[Requirement], expected: Mapping[str, Sequence[s
         blockers.append(f"unloading the modules failed (status {unload_rc}): "
                         f"{_first_line(log, 200) or 'a context or registration leaked'}")
     stress: dict[str, Any] | None = None
-    stress_rc = _read_rc(run_dir / "stress.rc")
+    stress_rc = None
     if stress_wanted:
         try:
             stress = json.loads((run_dir / "stress.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            from cglcert.commands.stress import exit_code as stress_exit
+            stress_rc = int(stress_exit(stress))
+        except (OSError, ValueError, KeyError):
             stress = None
         if execution.error is None or stress is not None:
-            tests = (tests or []) + stress_tests(stress, stress_rc, requirements)
+            tests = (tests or []) + stress_tests(stress, requirements)
     harness["stress_exit_code"] = stress_rc
     harness["unload_exit_code"] = unload_rc
     results = res.build_results(requirements, tests, env, expected=expected,

@@ -60,7 +60,6 @@ def write_run(run: Path, cases: list[tuple[str, str, str]], *, suite_rc: int = 0
         (run / "unload.rc").write_text(f"{unload_rc}\n")
     if stress is not None:
         (run / "stress.json").write_text(json.dumps(stress))
-        (run / "stress.rc").write_text("0\n")
 
 
 def all_pass(run: Path) -> list[tuple[str, str]]:
@@ -97,7 +96,8 @@ def test_script_runs_every_phase_and_unloads_in_reverse(tmp_path: Path) -> None:
     s = cf.target_script(plan(tmp_path), art(tmp_path))
     assert "export AEM_BACKEND=kmod AEM_KMSG_MARKERS=1" in s
     assert f"'{tmp_path}/aem conformance'" in s          # quoted
-    assert "stress --quick --no-build" in s              # default profile: stress --quick
+    assert f"{tmp_path}/sb/stress/aem_prio_latency --samples 3000" in s   # stress --quick
+    assert "command -v stress-ng" in s                   # the stress-ng run only if present
     assert "rmmod aem_timer aem " in s
     assert s.index("gtest.xml") < s.index(cf.PHASE_STRESS) < s.index(cf.PHASE_UNLOAD)
 
@@ -105,7 +105,7 @@ def test_script_runs_every_phase_and_unloads_in_reverse(tmp_path: Path) -> None:
 def test_script_of_the_user_backend_unloads_nothing(tmp_path: Path) -> None:
     s = cf.target_script(plan(tmp_path, backend="user", stress=False, profile="quick"),
                          art(tmp_path))
-    assert "rmmod" not in s and "stress" not in s.replace("stress.", "")
+    assert "rmmod" not in s and "aem_stress_delivery" not in s
 
 
 # --------------------------------------------------------------------------- judgement
@@ -194,8 +194,10 @@ def stress_doc(**summary) -> dict:
     verdicts["AEM-3.2.1"]["thresholds"][0].update(verdict="FAIL", measured=9, ratio=4.5)
     verdicts["AEM-3.3.1"]["thresholds"][0].update(verdict="MISSING", measured=None,
                                                   reason="metric x was not measured")
-    return {"verdicts": verdicts, "summary": {"lost": 0, "duplicated": 0,
-                                              "handler_overlaps": 0, **summary}}
+    return {"verdicts": verdicts, "runs": [],
+            "summary": {"lost": 0, "duplicated": 0, "handler_overlaps": 0,
+                        "failed_requirements": [], "failed_programs": [],
+                        "crashed_programs": [], **summary}}
 
 
 def test_stress_thresholds_become_tests_of_their_requirement(tmp_path: Path) -> None:
@@ -216,11 +218,10 @@ def test_stress_thresholds_become_tests_of_their_requirement(tmp_path: Path) -> 
 
 def test_a_missing_stress_json_makes_the_thresholds_error(tmp_path: Path) -> None:
     all_pass(tmp_path)
-    (tmp_path / "stress.rc").write_text("137\n")
     r = judge(tmp_path, stress=True)
     t = next(t for q in r["requirements"] for t in q["tests"]
              if t["name"].startswith("stress.AEM-3.5.1"))
-    assert t["outcome"] == res.ERROR and "exit status 137" in t["reason"]
+    assert t["outcome"] == res.ERROR and "did not run" in t["reason"]
 
 
 def test_hung_test_is_the_last_unended_begin() -> None:
@@ -299,3 +300,139 @@ def test_a_crashed_stress_program_is_error_for_the_requirements_it_feeds(tmp_pat
     t = next(t for t in q["tests"] if t["name"] == "stress.AEM-3.5.1.aem_stress_delivery")
     assert t["outcome"] == res.ERROR and "Operation not supported" in t["reason"]
     assert q["verdict"] == res.ERROR
+
+
+def test_stress_results_are_collected_from_the_programs_outputs(tmp_path: Path) -> None:
+    p = plan(tmp_path, profile="default")      # stress --quick: with a stress-ng run
+    sdir = tmp_path / "stress"
+    sdir.mkdir()
+    progs = cf.stress_programs("default")
+    for i, (prog, _argv, _b, needs_sng) in enumerate(progs):
+        if needs_sng:
+            continue                       # stress-ng "not installed on the target"
+        base = sdir / f"{i:02d}-{prog}"
+        base.with_suffix(".start").write_text("100.0\n")
+        base.with_suffix(".end").write_text("102.5\n")
+        base.with_suffix(".rc").write_text("0\n")
+        out = {"program": prog, "backend": "kmod"}
+        if prog == "aem_stress_atomicity":
+            out.update(occurrences_activated=10, occurrences_delivered=10, lost=0,
+                       duplicated=0, handler_overlaps=2)
+        base.with_suffix(".json").write_text(json.dumps(out))
+        base.with_suffix(".err").write_text("")
+    doc = cf.collect_stress(p, CATALOG, {"kernel": "6.1.0-57-amd64", "date": "d"})
+    assert doc is not None and (tmp_path / "stress.json").is_file()
+    assert doc["summary"]["handler_overlaps"] == 2
+    assert doc["environment"]["backend"] == "kmod"
+    skipped = [r for r in doc["runs"] if "skipped" in r]
+    assert [r["skipped"] for r in skipped] == ["stress-ng is not installed on the target"]
+    assert doc["verdicts"]["AEM-3.6.2"]["verdict"] == "FAIL"
+
+
+# --------------------------------------------------------------------------- the ssh target
+
+
+def test_ssh_urls() -> None:
+    from cglcert.targets import ssh
+    assert ssh.parse_url("ssh://lab1") == ("root", "lab1", 22)
+    assert ssh.parse_url("ssh://ci@10.0.0.7:2222") == ("ci", "10.0.0.7", 2222)
+    for bad in ("ssh://", "ssh://host:99999", "ssh://a b", "http://host"):
+        with pytest.raises(ValueError, match="ssh://"):
+            ssh.parse_url(bad)
+
+
+def test_a_bad_target_is_a_usage_error(run_cli) -> None:
+    r = run_cli("certify", "--target", "ssh//lab1")
+    assert r.code == 2 and "ssh://[USER@]HOST[:PORT]" in r.err
+    r = run_cli("certify", "--ssh-option", "IdentityFile=/k")
+    assert r.code == 2 and "only with --target ssh://HOST" in r.err
+
+
+def test_the_wrapper_loads_in_order_and_undoes_a_partial_load(tmp_path: Path) -> None:
+    from cglcert.targets import _host
+    p = plan(tmp_path, module_params={"aem_timer": ["x=1"]})
+    w = _host.wrapper(p, art(tmp_path), "MARK", build_dir=tmp_path / "kb")
+    assert w.index("make -s -C") < w.index("insmod") < w.index('bash "$R/certify.sh"')
+    assert "aem_timer.ko x=1" in w
+    assert "rmmod aem; exit 0" in w            # aem_timer failing unloads aem again
+
+
+@pytest.fixture
+def sshd(tmp_path: Path):
+    """An sshd on 127.0.0.1 (a free port), root login with a fresh key; yields (url, opts)."""
+    import shutil
+    import socket
+    import subprocess
+    import time
+    sshd_bin = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not Path(sshd_bin).exists():
+        pytest.skip("openssh-server is not installed (ci/install-deps installs it)")
+    d = tmp_path / "sshd"
+    d.mkdir()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "host")],
+                   check=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / "client")],
+                   check=True)
+    (d / "authorized_keys").write_text((d / "client.pub").read_text())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (d / "sshd_config").write_text(textwrap.dedent(f"""\
+        Port {port}
+        ListenAddress 127.0.0.1
+        HostKey {d}/host
+        AuthorizedKeysFile {d}/authorized_keys
+        PermitRootLogin prohibit-password
+        PasswordAuthentication no
+        StrictModes no
+        UsePAM no
+        PidFile {d}/sshd.pid
+        """))
+    Path("/run/sshd").mkdir(exist_ok=True)
+    proc = subprocess.Popen([sshd_bin, "-D", "-e", "-f", str(d / "sshd_config")],
+                            stderr=open(d / "sshd.log", "wb"))
+    deadline = time.monotonic() + 30
+    while True:                                  # bounded wait for the listening socket
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"sshd did not start: {(d / 'sshd.log').read_text()}")
+            time.sleep(0.1)
+    opts = [f"IdentityFile={d}/client", "UserKnownHostsFile=/dev/null",
+            "StrictHostKeyChecking=no", "LogLevel=ERROR"]
+    yield f"ssh://root@127.0.0.1:{port}", opts
+    proc.terminate()
+    proc.wait()
+
+
+@pytest.mark.ssh
+def test_certify_over_ssh_on_loopback(run_cli, sshd, tmp_path: Path) -> None:
+    url, opts = sshd
+    run = tmp_path / "run"
+    argv = ["certify", "--target", url, "--backend", "user", "--quick", "--no-stress",
+            "--json", "--out", str(run)]
+    for o in opts:
+        argv += ["--ssh-option", o]
+    r = run_cli(*argv)
+    assert r.code in (0, 1), r.err + r.out
+    out = json.loads(r.out)
+    assert out["error"] is None
+    results = json.loads((run / "results.json").read_text())
+    assert results["environment"]["target"] == "ssh"
+    assert results["environment"]["target_host"] == "127.0.0.1"
+    assert results["summary"]["tests"]["PASS"] > 80      # the suite ran there
+    assert results["health"]["log_source"] == "dmesg"
+    assert (run / "report" / "report.html").is_file()
+
+
+@pytest.mark.ssh
+def test_an_unreachable_ssh_target_is_an_infrastructure_error(run_cli, sshd,
+                                                              tmp_path: Path) -> None:
+    url, _opts = sshd
+    r = run_cli("certify", "--target", url, "--backend", "user", "--quick", "--no-stress",
+                "--ssh-option", "IdentityFile=/nonexistent", "--ssh-option",
+                "StrictHostKeyChecking=no", "--out", str(tmp_path / "run"))
+    assert r.code == 3
+    assert "key authentication" in r.err

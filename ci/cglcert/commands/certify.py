@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,12 @@ Profiles: --quick (conformance + a seconds-long stress smoke pass: about 5 minut
 TCG), default (conformance + 'cglcert stress --quick'), --full (conformance + the full
 stress sweep: an hour or more).
 
+Several --kernel and --backend options certify every combination, each in its own run
+directory, and write one merged report (the matrix of requirements against kernels and
+backends): the three Debian flavors and the user backend in one command:
+  cglcert certify --kernel amd64 --kernel rt-amd64 --kernel cloud-amd64 \\
+                  --backend kmod --backend user
+
 Targets: qemu (default) boots a Debian kernel (--kernel: 6.1.0-57-amd64, rt-amd64,
 cloud-amd64, ...; see 'cglcert kernels list'); local certifies the kernel this machine
 runs (the modules are built against /lib/modules/$(uname -r)/build and loaded: root only).
@@ -46,19 +54,38 @@ target ran, ERROR naming the reason.
 _MEM_RE = re.compile(r"^[1-9][0-9]*[MG]$")
 
 
+def _target(text: str) -> str:
+    """qemu, local or an ssh:// URL (checked here, so a typo is a usage error)."""
+    if text in ("qemu", "local"):
+        return text
+    if text.startswith("ssh://"):
+        from cglcert.targets import ssh
+        try:
+            ssh.parse_url(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+        return text
+    raise argparse.ArgumentTypeError(f"{text!r}: give qemu, local or ssh://[USER@]HOST[:PORT]")
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``certify`` subcommand."""
     p = subparsers.add_parser(
         "certify", help="certify a kernel (QEMU or this machine) and write the report",
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--kernel", default=None, metavar="ABI-FLAVOR",
+    p.add_argument("--kernel", action="append", default=None, metavar="ABI-FLAVOR",
                    help="qemu target: Debian release (6.1.0-57-amd64), flavor (rt-amd64, "
-                        "cloud-amd64) or 'default' (Debian's default amd64 kernel)")
-    p.add_argument("--backend", choices=("kmod", "user"), default="kmod",
+                        "cloud-amd64) or 'default' (Debian's default amd64 kernel); "
+                        "repeatable: every kernel is certified, one merged report")
+    p.add_argument("--backend", action="append", choices=("kmod", "user"), default=None,
                    help="libaem backend: kmod (the AEM kernel modules, default) or user "
-                        "(user space on any kernel)")
-    p.add_argument("--target", choices=targets.TARGETS, default="qemu",
-                   help="qemu (default): boot the kernel under QEMU; local: this machine")
+                        "(user space on any kernel); repeatable like --kernel")
+    p.add_argument("--target", type=_target, default="qemu", metavar="TARGET",
+                   help="qemu (default): boot the kernel under QEMU; local: this machine; "
+                        "ssh://[USER@]HOST[:PORT]: a lab machine over ssh")
+    p.add_argument("--ssh-option", action="append", default=[], metavar="OPT",
+                   help="ssh target: an ssh -o option (IdentityFile=~/.ssh/lab, "
+                        "UserKnownHostsFile=...); repeatable")
     p.add_argument("--accel", choices=("tcg", "kvm"), default="tcg",
                    help="QEMU accelerator (default tcg; kvm needs /dev/kvm that works)")
     p.add_argument("--smp", type=int, default=2, metavar="N", help="guest CPUs (default 2)")
@@ -76,7 +103,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="kmod backend: load module MOD with PARAM=VALUE (e.g. "
                         "aem.max_pending=4096, the policy to certify); repeatable")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
-                   help="run directory (default reports/out/<date>-<kernel>-<backend>)")
+                   help="run directory (default reports/out/<date>-<kernel>-<backend>); "
+                        "with several kernels or backends, the directory of their runs "
+                        "(<kernel>-<backend>/) and of the merged report (report/)")
     p.add_argument("--json", action="store_true",
                    help="no progress; print the outcome as JSON on stdout")
     p.add_argument("--repo", type=Path, default=None, metavar="DIR",
@@ -92,15 +121,17 @@ def _validate(args: argparse.Namespace, repo: Path) -> None:
         raise UsageError(f"--smp {args.smp}: give 1 to 64 guest CPUs")
     if not _MEM_RE.match(args.mem):
         raise UsageError(f"--mem {args.mem!r}: give a size such as 2G or 1536M")
-    if args.target == "local":
+    if args.target != "qemu":
         given = [o for o, v in (("--kernel", args.kernel), ("--append", args.append)) if v]
         if given or args.accel != "tcg" or args.smp != 2 or args.mem != "2G":
             raise UsageError(
                 f"{', '.join(given) or '--accel/--smp/--mem'}: only for --target qemu; the "
-                "local target certifies the kernel this machine runs, as it runs")
+                f"{args.target} target certifies the kernel that machine runs, as it runs")
+    if args.ssh_option and not args.target.startswith("ssh://"):
+        raise UsageError("--ssh-option: only with --target ssh://HOST")
     if args.accel == "kvm" and not Path("/dev/kvm").exists():
         raise UsageError("--accel kvm: /dev/kvm does not exist here; use --accel tcg")
-    if args.module_param and args.backend != "kmod":
+    if args.module_param and "kmod" not in (args.backend or ["kmod"]):
         raise UsageError("--module-param: only with --backend kmod (the user backend loads "
                          "no module)")
     try:
@@ -120,48 +151,56 @@ def _exit_code(results: dict[str, Any], execution: cf.Execution, verdict: str) -
     return ExitCode.OK if res.exit_verdict(results, verdict) else ExitCode.FAILED
 
 
-def run(args: argparse.Namespace) -> int:
-    """Certify; return the exit code (module docstring of :mod:`cglcert.certify`)."""
-    repo = (args.repo or default_repo_root()).resolve()
-    _validate(args, repo)
-    profile = "quick" if args.quick else "full" if args.full else "default"
-    target = targets.load(args.target)
-    plan = cf.Plan(repo=repo, run_dir=Path(), kernel=args.kernel, backend=args.backend,
-                   target=args.target, accel=args.accel, smp=args.smp, mem=args.mem,
-                   profile=profile, verdict=args.verdict, append=args.append,
-                   stress=not args.no_stress,
+def _write_reports(run_dirs: list[Path], report_dir: Path) -> list[str]:
+    report = load_report(run_dirs, generated_by="Generated by cglcert certify.")
+    report_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fmt, render in RENDERERS.items():
+        path = report_dir / FILES[fmt]
+        path.write_text(render(report), encoding="utf-8")
+        written.append(str(path))
+    return written
+
+
+def certify_one(args: argparse.Namespace, repo: Path, kernel_spec: str | None, backend: str,
+                out: Path | None, matrix_dir: Path | None, prog: Progress) -> dict[str, Any]:
+    """Certify one (kernel, backend): steps 2 to 6; return the outcome for the summary."""
+    kind = "ssh" if args.target.startswith("ssh://") else args.target
+    target = targets.load(kind)
+    plan = cf.Plan(repo=repo, run_dir=Path(), kernel=kernel_spec, backend=backend,
+                   target=kind, target_url=args.target if kind == "ssh" else "",
+                   ssh_options=list(args.ssh_option), accel=args.accel, smp=args.smp, mem=args.mem,
+                   profile="quick" if args.quick else "full" if args.full else "default",
+                   verdict=args.verdict, append=args.append, stress=not args.no_stress,
                    module_params=cf.parse_module_params(args.module_param,
-                                                        cf.module_names(repo)))
-    prog = Progress(6, quiet=args.json)
-
-    prog.step("host packages")
-    need = cf.packages_needed(args.target, plan.stress)
-    try:
-        installed = hostdeps.ensure(need, quiet=True)
-    except hostdeps.MissingPackages as exc:
-        raise InfraError(f"missing Debian packages: {' '.join(exc.packages)}; run: {exc}") \
-            from exc
-    prog.done(f"installed {' '.join(installed)}" if installed else "all present")
-
+                                                        cf.module_names(repo))
+                   if backend == "kmod" else {})
     prog.step("kernel")
     release, flavor, kernel = target.prepare(plan)
-    plan.run_dir = (args.out or repo / "reports" / "out" / cf.run_name(release, plan.backend))
+    if matrix_dir is not None:
+        plan.run_dir = matrix_dir / f"{release}-{backend}"
+    else:
+        plan.run_dir = out or repo / "reports" / "out" / cf.run_name(release, backend)
     plan.run_dir = plan.run_dir.resolve()
     try:
         plan.run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"--out {plan.run_dir}: cannot create the directory: {exc}") from exc
-    for stale in ("gtest.xml", "suite.rc", "stress.json", "stress.rc", "unload.rc"):
+    for stale in ("gtest.xml", "suite.rc", "stress.json", "unload.rc"):
         (plan.run_dir / stale).unlink(missing_ok=True)
+    shutil.rmtree(plan.run_dir / "stress", ignore_errors=True)
     prog.done(f"{release}" + (f" ({kernel.version})" if kernel else " (running)"))
 
-    prog.step("build")
+    prog.step(f"build for {release}")
     catalog = load_catalog(repo)
     if catalog.problems:
         raise InfraError(f"the requirement catalog is invalid ({len(catalog.problems)} "
                          "problems); run './cglcert coverage' for the list")
     modules: list[Path] = []
-    if plan.backend == "kmod":
+    if plan.backend == "kmod" and hasattr(target, "stage_modules"):
+        prog.note(f"module sources for {release} (built on the target)")
+        modules = target.stage_modules(plan, release)
+    elif plan.backend == "kmod":
         hdrs = kernel.build_dir if kernel else targets.load("local").headers_dir(release)
         if hdrs is None:
             raise InfraError(f"no headers for {release} in the kernel cache: "
@@ -181,19 +220,23 @@ def run(args: argparse.Namespace) -> int:
                                       "suite", "stress" if stress_build else ""])))
 
     where = (f"{release} under QEMU ({plan.accel}, {plan.smp} CPUs, {plan.mem})"
-             if plan.target == "qemu" else f"this machine ({release})")
-    prog.step(f"run on {where}")
+             if plan.target == "qemu" else f"this machine ({release})" if plan.target == "local"
+             else f"{plan.target_url} ({release})")
+    prog.step(f"run on {where}, backend {backend}")
     script = cf.target_script(plan, art)
     (plan.run_dir / "certify.sh").write_text(script, encoding="utf-8")
     execution = target.execute(plan, art, script)
     if execution.error:
-        prog.fail(f"{execution.error}: {execution.detail.splitlines()[0] if execution.detail else ''}")
+        first = execution.detail.splitlines()[0] if execution.detail else ""
+        prog.fail(f"{execution.error}: {first}")
     else:
         prog.done(f"kernel log: {len(execution.findings)} finding(s)")
 
     prog.step("judge")
     env = cf.base_environment(plan, release, flavor)
     env.update(execution.environment)
+    if plan.stress:
+        cf.collect_stress(plan, catalog.requirements, env)
     results = cf.judge(catalog.requirements, expected_tests(repo), plan.run_dir, execution,
                        env, backend=plan.backend, stress_wanted=plan.stress)
     (plan.run_dir / "results.json").write_text(res.results_to_json(results), encoding="utf-8")
@@ -202,34 +245,68 @@ def run(args: argparse.Namespace) -> int:
 
     prog.step("report")
     report_dir = plan.run_dir / "report"
-    report = load_report([plan.run_dir], generated_by="Generated by cglcert certify.")
-    report_dir.mkdir(exist_ok=True)
-    written = []
-    for fmt, render in RENDERERS.items():
-        path = report_dir / FILES[fmt]
-        path.write_text(render(report), encoding="utf-8")
-        written.append(str(path))
+    written = _write_reports([plan.run_dir], report_dir)
     prog.done(str(report_dir))
 
     code = _exit_code(results, execution, args.verdict)
-    outcome = {ExitCode.OK: "CERTIFIED", ExitCode.FAILED: "NOT CERTIFIED",
-               ExitCode.INFRA: "ERROR"}[ExitCode(code)]
-    if args.json:
-        json.dump({"outcome": outcome, "exit_code": int(code), "run_dir": str(plan.run_dir),
-                   "kernel": release, "backend": results["environment"].get("backend"),
-                   "target": plan.target, "verdict": results["verdict"],
-                   "summary": results["summary"], "error": results["harness"].get("error"),
-                   "blockers": results["health"]["blockers"], "reports": written,
-                   "steps": prog.steps}, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
+    if not args.json:
         sys.stdout.write(res.render_summary(results))
         for b in results["health"]["blockers"]:
             sys.stdout.write(f"blocker: {b}\n")
         if results["harness"].get("error"):
             sys.stdout.write(f"error: {results['harness']['error']}\n")
-        key = res.VERDICTS[args.verdict]
-        sys.stdout.write(f"{outcome}: {release}, backend {plan.backend}, "
-                         f"{args.verdict.upper()} {'conformant' if results['verdict'][key]['conformant'] else 'not conformant'}\n"
-                         f"report: {report_dir / FILES['html']}\n")
+    key = res.VERDICTS[args.verdict]
+    return {"outcome": OUTCOMES[code], "exit_code": int(code), "run_dir": str(plan.run_dir),
+            "kernel": release, "backend": results["environment"].get("backend"),
+            "target": plan.target, "conformant": results["verdict"][key]["conformant"],
+            "verdict": results["verdict"], "summary": results["summary"],
+            "error": results["harness"].get("error"),
+            "blockers": results["health"]["blockers"], "reports": written}
+
+
+OUTCOMES = {ExitCode.OK: "CERTIFIED", ExitCode.FAILED: "NOT CERTIFIED",
+            ExitCode.INFRA: "ERROR"}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Certify every (kernel, backend) asked; return the worst exit code."""
+    repo = (args.repo or default_repo_root()).resolve()
+    _validate(args, repo)
+    kernels = list(dict.fromkeys(args.kernel or [None]))
+    backends = list(dict.fromkeys(args.backend or ["kmod"]))
+    combos = [(k, b) for k in kernels for b in backends]
+    matrix_dir = None
+    if len(combos) > 1:
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        matrix_dir = (args.out or repo / "reports" / "out" / f"{stamp}-matrix").resolve()
+    prog = Progress(1 + 5 * len(combos), quiet=args.json)
+
+    prog.step("host packages")
+    need = cf.packages_needed(args.target, not args.no_stress)
+    try:
+        installed = hostdeps.ensure(need, quiet=True)
+    except hostdeps.MissingPackages as exc:
+        raise InfraError(f"missing Debian packages: {' '.join(exc.packages)}; run: {exc}") \
+            from exc
+    prog.done(f"installed {' '.join(installed)}" if installed else "all present")
+
+    runs = [certify_one(args, repo, k, b, args.out, matrix_dir, prog) for k, b in combos]
+    code = max(r["exit_code"] for r in runs)
+    out: dict[str, Any] = runs[0]
+    if matrix_dir is not None:
+        merged = matrix_dir / "report"
+        written = _write_reports([Path(r["run_dir"]) for r in runs], merged)
+        out = {"outcome": OUTCOMES[code], "exit_code": code, "run_dir": str(matrix_dir),
+               "runs": runs, "reports": written}
+    if args.json:
+        json.dump({**out, "steps": prog.steps}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return code
+    for r in runs:
+        state = "conformant" if r["conformant"] else "not conformant"
+        sys.stdout.write(f"{r['outcome']}: {r['kernel']}, backend {r['backend']}, "
+                         f"{args.verdict.upper()} {state}\n"
+                         f"  report: {Path(r['run_dir']) / 'report' / FILES['html']}\n")
+    if matrix_dir is not None:
+        sys.stdout.write(f"matrix report: {matrix_dir / 'report' / FILES['html']}\n")
     return code

@@ -306,37 +306,52 @@ def run(args: argparse.Namespace) -> int:
         budget = 600.0 + 2 * float(args.duration or 0) + (3000 if args.full else 0)
         runs.append(run_program(path, argv, env, budget))
 
+    profile_name = ("full" if args.full else "quick" if args.quick
+                    else "smoke" if args.smoke else "default")
+    report = assemble(catalog.requirements, runs, environment(repo, env, args.backend),
+                      profile_name, time.monotonic() - t0)
+    out_file = args.out / "stress.json"
+    out_file.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    sys.stdout.write(render_summary(report, out_file))
+    return exit_code(report)
+
+
+def assemble(requirements: list[Requirement], runs: list[dict[str, Any]],
+             env: dict[str, Any], profile_name: str, elapsed: float) -> dict[str, Any]:
+    """stress.json from the programs' runs: metrics, the catalog's verdicts, the summary."""
     metrics = collect_metrics(runs)
-    requirements = [r for r in catalog.requirements if r.thresholds]
-    verdicts = evaluate(requirements, metrics)
+    verdicts = evaluate([r for r in requirements if r.thresholds], metrics)
     crashed = [r for r in runs if "skipped" not in r and (
         r.get("output") is None or r["exit_code"] not in (0, 1))]
     bad_runs = [r for r in runs if "skipped" not in r and r.get("exit_code") == 1]
-    lost = int(metrics.get("occurrences_lost", 0))
-    dup = int(metrics.get("occurrences_duplicated", 0))
-    overlaps = int(metrics.get("handler_overlaps", 0))
     failed_reqs = sorted(k for k, v in verdicts.items() if v["verdict"] != "PASS")
     report = {
-        "environment": environment(repo, env, args.backend),
-        "profile": ("full" if args.full else "quick" if args.quick
-                    else "smoke" if args.smoke else "default"),
-        "elapsed_s": round(time.monotonic() - t0, 1),
+        "environment": dict(env),
+        "profile": profile_name,
+        "elapsed_s": round(elapsed, 1),
         "runs": runs,
         "metrics": metrics,
         "verdicts": verdicts,
-        "summary": {"lost": lost, "duplicated": dup, "handler_overlaps": overlaps,
+        "summary": {"lost": int(metrics.get("occurrences_lost", 0)),
+                    "duplicated": int(metrics.get("occurrences_duplicated", 0)),
+                    "handler_overlaps": int(metrics.get("handler_overlaps", 0)),
                     "failed_requirements": failed_reqs,
+                    "failed_programs": [r["program"] for r in bad_runs],
                     "crashed_programs": [r["program"] for r in crashed]},
     }
     backend = next((r["output"].get("backend") for r in runs
                     if isinstance(r.get("output"), dict) and r["output"].get("backend")), None)
     report["environment"]["backend"] = backend
-    out_file = args.out / "stress.json"
-    out_file.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    sys.stdout.write(render_summary(report, out_file))
-    if crashed:
+    return report
+
+
+def exit_code(report: dict[str, Any]) -> int:
+    """3 when a program crashed, 1 when anything was lost or failed, else 0."""
+    s = report["summary"]
+    if s["crashed_programs"]:
         return ExitCode.INFRA
-    if lost or dup or overlaps or bad_runs or failed_reqs:
+    if s["lost"] or s["duplicated"] or s["handler_overlaps"] or s["failed_programs"] \
+            or s["failed_requirements"]:
         return ExitCode.FAILED
     return ExitCode.OK
 

@@ -4,7 +4,9 @@
     execute(plan, artifacts, script) -> Execution         run the script, collect health
 
 ``qemu`` boots a Debian kernel under QEMU (:mod:`cglcert.qemu`); ``local`` runs on this
-machine's own kernel. A new target is a new module named in :data:`TARGETS`.
+machine's own kernel; ``ssh`` on a lab machine's (``ssh://[user@]host[:port]``). A target
+may also define ``stage_modules(plan, release) -> [ko paths]`` when the modules are built
+on the machine itself. A new target is a new module named in :data:`TARGETS`.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-TARGETS = ("qemu", "local")
+TARGETS = ("qemu", "local", "ssh")
 
 
 def load(name: str) -> ModuleType:
