@@ -69,6 +69,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="AEM backend (AEM_BACKEND); default: what libaem picks")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR",
                         help="directory for stress.json")
+    parser.add_argument("--fail-on", choices=("any", "losses"), default="any",
+                        help="any (default): exit 1 on a loss, an overlap or a missed "
+                             "threshold; losses: only on a lost or duplicated occurrence, an "
+                             "overlap or a failed program (CI on shared machines, where "
+                             "latency ratios are noise)")
     parser.add_argument("--build-dir", type=Path, default=None, metavar="DIR",
                         help="CMake build directory (default: <repo>/build/cglcert-stress)")
     parser.add_argument("--no-build", action="store_true",
@@ -313,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
     out_file = args.out / "stress.json"
     out_file.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     sys.stdout.write(render_summary(report, out_file))
-    return exit_code(report)
+    return exit_code(report, losses_only=args.fail_on == "losses")
 
 
 def assemble(requirements: list[Requirement], runs: list[dict[str, Any]],
@@ -345,13 +350,15 @@ def assemble(requirements: list[Requirement], runs: list[dict[str, Any]],
     return report
 
 
-def exit_code(report: dict[str, Any]) -> int:
-    """3 when a program crashed, 1 when anything was lost or failed, else 0."""
+def exit_code(report: dict[str, Any], losses_only: bool = False) -> int:
+    """3 when a program crashed; 1 when anything was lost, overlapped or a program failed,
+    or (unless *losses_only*) a threshold was missed; else 0."""
     s = report["summary"]
     if s["crashed_programs"]:
         return ExitCode.INFRA
-    if s["lost"] or s["duplicated"] or s["handler_overlaps"] or s["failed_programs"] \
-            or s["failed_requirements"]:
+    if s["lost"] or s["duplicated"] or s["handler_overlaps"] or s["failed_programs"]:
+        return ExitCode.FAILED
+    if s["failed_requirements"] and not losses_only:
         return ExitCode.FAILED
     return ExitCode.OK
 
