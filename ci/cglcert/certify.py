@@ -23,6 +23,7 @@ unit-tested in ``ci/tests/test_certify.py``.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import re
 import shlex
@@ -79,6 +80,8 @@ class Plan:
     append: str = ""
     stress: bool = True
     module_params: dict[str, list[str]] = field(default_factory=dict)  #: module -> PARAM=V
+    kernel_modules: Path | None = None  #: qemu, own build: lib/modules/<release> (--kernel IMAGE)
+    kernel_headers: Path | None = None  #: qemu, own build: its headers / build folder
     target_url: str = ""        #: ssh target: ssh://[user@]host[:port]
     ssh_options: list[str] = field(default_factory=list)  #: ssh target: ``-o`` options
     python: str = sys.executable
@@ -184,6 +187,13 @@ def module_names(repo: Path) -> list[str]:
     for m in re.finditer(r"^obj-m\s*[:+]?=\s*(.+)$", text, re.M):
         names += [o[:-2] for o in m[1].split() if o.endswith(".o")]
     return sorted(dict.fromkeys(names), key=lambda n: (n != "aem", n))
+
+
+def module_build_dir(repo: Path, release: str, headers: Path) -> Path:
+    """``build/certify/kmod/<release>-<hash of the headers' path>``: two kernels with the
+    same release name (Debian's and a vendor's rebuild) never share module objects."""
+    tag = hashlib.sha256(str(headers.resolve()).encode()).hexdigest()[:8]
+    return repo / "build" / "certify" / "kmod" / f"{release}-{tag}"
 
 
 def build_modules(repo: Path, kernel_build: Path, out: Path) -> list[Path]:

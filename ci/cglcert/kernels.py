@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -491,3 +492,52 @@ def _write_modules_dep(modules_dir: Path) -> None:
         rel = path.relative_to(modules_dir)
         lines.append(f"{rel}: " + " ".join(str(idx[d].relative_to(modules_dir)) for d in closure))
     (modules_dir / "modules.dep").write_text("\n".join(lines) + "\n")
+
+
+# --------------------------------------------------------------------------- a vendor's own build
+
+def from_files(image: Path | str, modules: Path | str, headers: Path | str | None = None,
+               cache_dir: Path | str | None = None) -> Kernel:
+    """A kernel that is not Debian's: its image, its modules folder and its headers.
+
+    *image*: the bzImage/vmlinuz the boot loader would load. *modules*: the folder
+    ``lib/modules/<release>`` of the build (``make modules_install INSTALL_MOD_PATH=...``), or
+    a root holding exactly one such folder; its name is the release. *headers*: a tree to
+    build external modules against (``make -C <headers> M=...``: the build folder itself, or
+    an installed ``linux-headers`` folder); default ``<modules>/build`` when it exists.
+    Files the runner derives (initramfs, uncompressed vmlinux) go into
+    ``<cache>/custom/<release>-<hash>/``. Raises :class:`KernelError` saying what is wrong.
+    """
+    img = Path(image).expanduser().resolve()
+    if not img.is_file():
+        raise KernelError(f"kernel image {image}: no such file (give the bzImage or vmlinuz)")
+    mods = Path(modules).expanduser().resolve()
+    if (mods / "lib" / "modules").is_dir():
+        found = sorted(p for p in (mods / "lib" / "modules").iterdir() if p.is_dir())
+        if len(found) != 1:
+            raise KernelError(f"{modules}: holds {len(found)} releases under lib/modules; "
+                              "give the folder lib/modules/<release> itself")
+        mods = found[0]
+    if not (mods / "modules.order").exists() and not (mods / "kernel").is_dir():
+        raise KernelError(f"kernel modules {modules}: not a lib/modules/<release> folder (no "
+                          "modules.order or kernel/ in it); run 'make modules_install "
+                          "INSTALL_MOD_PATH=DIR' and give DIR")
+    release = mods.name
+    build: Path | None = None
+    if headers is not None:
+        build = Path(headers).expanduser().resolve()
+        if not (build / "Makefile").is_file():
+            raise KernelError(f"kernel headers {headers}: no Makefile in it (give the kernel "
+                              "build folder or an installed linux-headers folder)")
+    elif (mods / "build" / "Makefile").is_file():
+        build = (mods / "build").resolve()
+    config = next((c for c in ((build / ".config") if build else None,
+                               mods / "config", img.parent / f"config-{release}")
+                   if c is not None and c.is_file()), None)
+    digest = hashlib.sha256(f"{img}:{img.stat().st_mtime_ns}:{mods}".encode()).hexdigest()[:10]
+    work = cache_root(cache_dir) / "custom" / f"{release}-{digest}"
+    work.mkdir(parents=True, exist_ok=True)
+    m = _RELEASE_RE.match(release)
+    abi, flavor = (m["abi"], m["flavor"]) if m else (release, "custom")
+    return Kernel(release=release, abi=abi, flavor=flavor, version="custom", root=work / "root",
+                  vmlinuz=img, modules_dir=mods, build_dir=build, config=config)

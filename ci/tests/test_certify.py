@@ -436,3 +436,37 @@ def test_an_unreachable_ssh_target_is_an_infrastructure_error(run_cli, sshd,
                 "StrictHostKeyChecking=no", "--out", str(tmp_path / "run"))
     assert r.code == 3
     assert "key authentication" in r.err
+
+
+def test_a_kernel_of_ones_own_from_its_files(tmp_path: Path) -> None:
+    from cglcert import kernels as kc
+    img = tmp_path / "bzImage"
+    img.write_bytes(b"\0" * 64)
+    mods = tmp_path / "inst" / "lib" / "modules" / "6.1.99-acme-rt"
+    (mods / "kernel").mkdir(parents=True)
+    hdrs = tmp_path / "obj"
+    hdrs.mkdir()
+    (hdrs / "Makefile").write_text("all:\n")
+    (hdrs / ".config").write_text("CONFIG_PREEMPT_RT=y\n")
+    k = kc.from_files(img, tmp_path / "inst", hdrs, cache_dir=tmp_path / "cache")
+    assert (k.release, k.flavor, k.version) == ("6.1.99-acme-rt", "custom", "custom")
+    assert k.modules_dir == mods.resolve() and k.build_dir == hdrs.resolve()
+    assert k.config == hdrs.resolve() / ".config"
+    assert k.root.parent.is_dir()                 # where the runner derives its files
+    with pytest.raises(kc.KernelError, match="make modules_install"):
+        kc.from_files(img, tmp_path, hdrs)
+    with pytest.raises(kc.KernelError, match="no Makefile"):
+        kc.from_files(img, mods, tmp_path / "inst")
+
+
+def test_own_kernel_arguments_are_checked(run_cli, tmp_path: Path) -> None:
+    r = run_cli("certify", "--kernel-headers", str(tmp_path))
+    assert r.code == 2 and "only with --kernel IMAGE --kernel-modules DIR" in r.err
+    r = run_cli("certify", "--kernel-modules", str(tmp_path), "--kernel", "rt-amd64")
+    assert r.code == 2 and "needs exactly one --kernel IMAGE" in r.err
+
+
+def test_module_build_dirs_differ_by_headers(tmp_path: Path) -> None:
+    a = cf.module_build_dir(REPO, "6.1.0-57-amd64", tmp_path / "a")
+    b = cf.module_build_dir(REPO, "6.1.0-57-amd64", tmp_path / "b")
+    assert a != b and a.name.startswith("6.1.0-57-amd64-")

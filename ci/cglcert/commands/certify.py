@@ -77,6 +77,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="qemu target: Debian release (6.1.0-57-amd64), flavor (rt-amd64, "
                         "cloud-amd64) or 'default' (Debian's default amd64 kernel); "
                         "repeatable: every kernel is certified, one merged report")
+    p.add_argument("--kernel-modules", type=Path, default=None, metavar="DIR",
+                   help="a kernel of your own: --kernel is then its image (bzImage) and DIR "
+                        "its lib/modules/<release> (from make modules_install)")
+    p.add_argument("--kernel-headers", type=Path, default=None, metavar="DIR",
+                   help="with --kernel-modules: the tree to build the AEM modules against "
+                        "(the kernel build folder; default <modules>/build)")
     p.add_argument("--backend", action="append", choices=("kmod", "user"), default=None,
                    help="libaem backend: kmod (the AEM kernel modules, default) or user "
                         "(user space on any kernel); repeatable like --kernel")
@@ -127,6 +133,16 @@ def _validate(args: argparse.Namespace, repo: Path) -> None:
             raise UsageError(
                 f"{', '.join(given) or '--accel/--smp/--mem'}: only for --target qemu; the "
                 f"{args.target} target certifies the kernel that machine runs, as it runs")
+    if args.kernel_headers and not args.kernel_modules:
+        raise UsageError("--kernel-headers: only with --kernel IMAGE --kernel-modules DIR")
+    if args.kernel_modules:
+        if args.target != "qemu":
+            raise UsageError("--kernel-modules: only for --target qemu")
+        if not args.kernel or len(args.kernel) != 1 or not Path(args.kernel[0]).is_file():
+            raise UsageError("--kernel-modules DIR needs exactly one --kernel IMAGE, the path "
+                             "of the kernel's bzImage")
+        if not args.kernel_modules.is_dir():
+            raise UsageError(f"--kernel-modules {args.kernel_modules}: not a directory")
     if args.ssh_option and not args.target.startswith("ssh://"):
         raise UsageError("--ssh-option: only with --target ssh://HOST")
     if args.accel == "kvm" and not Path("/dev/kvm").exists():
@@ -169,7 +185,9 @@ def certify_one(args: argparse.Namespace, repo: Path, kernel_spec: str | None, b
     target = targets.load(kind)
     plan = cf.Plan(repo=repo, run_dir=Path(), kernel=kernel_spec, backend=backend,
                    target=kind, target_url=args.target if kind == "ssh" else "",
-                   ssh_options=list(args.ssh_option), accel=args.accel, smp=args.smp, mem=args.mem,
+                   ssh_options=list(args.ssh_option),
+                   kernel_modules=args.kernel_modules, kernel_headers=args.kernel_headers,
+                   accel=args.accel, smp=args.smp, mem=args.mem,
                    profile="quick" if args.quick else "full" if args.full else "default",
                    verdict=args.verdict, append=args.append, stress=not args.no_stress,
                    module_params=cf.parse_module_params(args.module_param,
@@ -206,7 +224,7 @@ def certify_one(args: argparse.Namespace, repo: Path, kernel_spec: str | None, b
             raise InfraError(f"no headers for {release} in the kernel cache: "
                              f"run './cglcert kernels fetch {release}'")
         prog.note(f"modules for {release}")
-        modules = cf.build_modules(repo, hdrs, repo / "build" / "certify" / "kmod" / release)
+        modules = cf.build_modules(repo, hdrs, cf.module_build_dir(repo, release, hdrs))
     prog.note("conformance suite")
     suite = cf.build_suite(repo, repo / "build" / "conformance")
     stress_build = None
@@ -234,6 +252,8 @@ def certify_one(args: argparse.Namespace, repo: Path, kernel_spec: str | None, b
 
     prog.step("judge")
     env = cf.base_environment(plan, release, flavor)
+    if kernel is not None:
+        env.update(kernel_package_version=kernel.version, kernel_image=str(kernel.vmlinuz))
     env.update(execution.environment)
     if plan.stress:
         cf.collect_stress(plan, catalog.requirements, env)

@@ -19,7 +19,17 @@ APPEND = "loglevel=6"
 
 
 def prepare(plan: Plan) -> tuple[str, str | None, kc.Kernel]:
-    """Resolve and fetch the kernel (with headers when the modules must be built)."""
+    """Resolve and fetch the kernel (with headers when the modules must be built), or take
+    a vendor's own build (--kernel IMAGE --kernel-modules DIR [--kernel-headers DIR])."""
+    if plan.kernel_modules is not None:
+        try:
+            kernel = kc.from_files(plan.kernel or "", plan.kernel_modules, plan.kernel_headers)
+        except kc.KernelError as exc:
+            raise InfraError(str(exc)) from exc
+        if plan.backend == "kmod" and kernel.build_dir is None:
+            raise InfraError(f"no headers for {kernel.release}: give --kernel-headers DIR (the "
+                             "build folder) to build the AEM modules, or --backend user")
+        return kernel.release, kernel.flavor, kernel
     try:
         release = kc.resolve(plan.kernel)
         kernel = kc.cached(release)
