@@ -169,7 +169,9 @@ int evsoft_raise(int jid, uint64_t value);
  *   AEM_CTL_ENABLE, AEM_CTL_DISABLE  arg 0. While disabled, occurrences are
  *       still counted and held; they are delivered after AEM_CTL_ENABLE.
  *   AEM_CTL_FILTER       arg: the family's event mask (poll bits for fd and
- *       socket-state events, 1u << TCP state for sockasync_sk).
+ *       socket-state events, 1u << TCP state for sockasync_sk). It applies
+ *       to activations from the call on: an occurrence already pending is
+ *       delivered with the mask it was activated with (nothing is lost).
  *   AEM_CTL_LOOKUP       arg: (unsigned long) struct aem_event_info *.
  *   AEM_CTL_SET_TIMEOUT  arg: milliseconds, 0 for none. Not activated within
  *       it (counted from this call, then from each activation): the error
