@@ -44,7 +44,7 @@ from cglcert.catalog import Requirement
 PACKAGES = {
     "build": ["cmake", "ninja-build", "g++", "make", "pkg-config", "libgtest-dev"],
     "qemu": ["qemu-system-x86", "busybox-static"],
-    "stress": ["libbenchmark-dev", "liburing-dev", "libuv1-dev", "stress-ng"],
+    "stress": ["libbenchmark-dev", "liburing-dev", "libuv1-dev", "stress-ng", "rt-tests"],
 }
 PROFILES = ("quick", "default", "full")
 #: The stress profile run by each certification profile (``cglcert stress --<profile>``).
@@ -53,6 +53,8 @@ STRESS_PROFILE = {"quick": "smoke", "default": "quick", "full": "full"}
 SUITE_TIMEOUT = {"quick": 1200, "default": 1800, "full": 3600}
 #: Seconds the stress pass may take on the target.
 STRESS_TIMEOUT = {"quick": 600, "default": 1500, "full": 7200}
+#: Seconds of each cyclictest run (unloaded, then under stress-ng CPU hogs), per profile.
+CYCLICTEST_SECONDS = {"quick": 5, "default": 15, "full": 60}
 #: Marker names (``aem-test: begin NAME``) the script puts around its non-gtest phases.
 PHASE_STRESS, PHASE_UNLOAD = "cglcert.stress", "cglcert.unload"
 SUITE_BINARY = "aem_conformance"
@@ -247,6 +249,37 @@ def stress_programs(profile: str) -> list[tuple[str, list[str], int, bool]]:
     return out
 
 
+def cyclictest_summary(path: Path) -> dict[str, Any] | None:
+    """p50/p99/max (us) over every thread of a cyclictest --json file with -h; None if
+    absent. Samples beyond the histogram's range count at its end (a lower bound)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    hist: dict[int, int] = {}
+    worst, cycles = 0, 0
+    for th in (doc.get("thread") or {}).values():
+        for us, n in (th.get("histogram") or {}).items():
+            hist[int(us)] = hist.get(int(us), 0) + int(n)
+        worst = max(worst, int(th.get("max") or 0))
+        cycles += int(th.get("cycles") or 0)
+    total = sum(hist.values())
+    if not total:
+        return None
+
+    def pct(q: float) -> int:
+        seen = 0
+        for us in sorted(hist):
+            seen += hist[us]
+            if seen >= q * total:
+                return us
+        return max(hist)
+
+    return {"threads": len(doc.get("thread") or {}), "cycles": cycles, "p50_us": pct(0.50),
+            "p99_us": pct(0.99), "p99_9_us": pct(0.999), "max_us": worst,
+            "histogram_us": {str(k): hist[k] for k in sorted(hist) if hist[k]}}
+
+
 def collect_stress(plan: Plan, requirements: Sequence[Requirement],
                    environment: Mapping[str, Any]) -> dict[str, Any] | None:
     """stress.json from what the target's stress pass left in RUN/stress/ (None: it never ran)."""
@@ -280,11 +313,17 @@ def collect_stress(plan: Plan, requirements: Sequence[Requirement],
             tail.append(f"timed out after {_budget} s")
         runs.append({"program": prog, "argv": argv, "exit_code": -1 if rc is None else rc,
                      "elapsed_s": round(took, 3), "output": output, "stderr_tail": tail})
+    cyclic = {phase: cyclictest_summary(sdir / f"cyclictest-{phase}.json")
+              for phase in ("unloaded", "loaded")}
     env = {k: environment.get(k) for k in ("kernel", "flavor", "target", "accel", "cpus",
                                           "mem", "git_revision")}
     env["backend_requested"] = plan.backend
     env["time"] = environment.get("date")
     report = st.assemble(list(requirements), runs, env, STRESS_PROFILE[plan.profile], elapsed)
+    report["cyclictest"] = {k: v for k, v in cyclic.items() if v is not None}
+    for phase, c in report["cyclictest"].items():
+        for key in ("p50_us", "p99_us", "max_us"):
+            report["metrics"][f"cyclictest_{key}_{phase}"] = c[key]
     (plan.run_dir / "stress.json").write_text(json.dumps(report, indent=2) + "\n",
                                               encoding="utf-8")
     return report
@@ -313,8 +352,21 @@ def target_script(plan: Plan, art: Artifacts) -> str:
         'echo $? > "$R/suite.rc"',
     ]
     if plan.stress and art.stress_build is not None:
+        ct = CYCLICTEST_SECONDS[plan.profile]
         lines += ["# 2. the stress pass: each program's JSON into $R/stress/ (judged on the host)",
-                  f"mark begin {PHASE_STRESS}", 'mkdir -p "$R/stress"']
+                  f"mark begin {PHASE_STRESS}", 'mkdir -p "$R/stress"',
+                  "# the kernel's own scheduling latency, the calibration beside AEM's "
+                  "(cyclictest, rt-tests)",
+                  "if command -v cyclictest >/dev/null; then",
+                  f"  cyclictest -q -m -S -p 95 -i 1000 -h 20000 -D {ct} "
+                  '--json="$R/stress/cyclictest-unloaded.json" > /dev/null 2>&1',
+                  "  if command -v stress-ng >/dev/null; then",
+                  f"    stress-ng --cpu 0 --timeout {ct + 5} > /dev/null 2>&1 & hogs=$!",
+                  f"    cyclictest -q -m -S -p 95 -i 1000 -h 20000 -D {ct} "
+                  '--json="$R/stress/cyclictest-loaded.json" > /dev/null 2>&1',
+                  "    kill $hogs 2>/dev/null; wait $hogs 2>/dev/null",
+                  "  fi",
+                  "fi"]
         for i, (prog, argv, budget, needs_sng) in enumerate(stress_programs(plan.profile)):
             base = f'"$R/stress/{i:02d}-{prog}'
             path = q(str(art.stress_build / "stress" / prog))

@@ -470,3 +470,15 @@ def test_module_build_dirs_differ_by_headers(tmp_path: Path) -> None:
     a = cf.module_build_dir(REPO, "6.1.0-57-amd64", tmp_path / "a")
     b = cf.module_build_dir(REPO, "6.1.0-57-amd64", tmp_path / "b")
     assert a != b and a.name.startswith("6.1.0-57-amd64-")
+
+
+def test_cyclictest_summary_from_its_json(tmp_path: Path) -> None:
+    doc = {"thread": {"0": {"histogram": {"5": 90, "9": 9, "40": 1}, "cycles": 100, "max": 41},
+                      "1": {"histogram": {"6": 100}, "cycles": 100, "max": 6}}}
+    f = tmp_path / "ct.json"
+    f.write_text(json.dumps(doc))
+    c = cf.cyclictest_summary(f)
+    assert c is not None
+    assert (c["threads"], c["cycles"], c["p50_us"], c["p99_us"], c["max_us"]) == \
+        (2, 200, 6, 9, 41)
+    assert cf.cyclictest_summary(tmp_path / "absent.json") is None

@@ -156,6 +156,7 @@ def _stress(run: Run) -> dict[str, Any] | None:
         "profile": s.get("profile"), "elapsed_s": s.get("elapsed_s"),
         "summary": s.get("summary") or {}, "metrics": sorted((s.get("metrics") or {}).items()),
         "thresholds": model.stress_thresholds(s), "runs": model.stress_runs(s),
+        "cyclictest": sorted((s.get("cyclictest") or {}).items()),
         "latency_charts": _latency_charts(phases), "phases": phases,
         "mechanisms": mechs, "mechanism_chart": _mechanism_chart(mechs),
         "scaling": scaling, "scaling_chart": _scaling_chart(scaling),
