@@ -84,6 +84,8 @@ VIRTIOFSD_PACKAGE = "qemu-system-common"
 _TAGS = ("hostroot", "results")
 #: AF_UNIX socket paths longer than this do not fit in sun_path (108 bytes).
 _SOCK_MAX = 100
+#: Where virtiofsd writes its pid files (it must stay writable for the read-only host root's).
+_VIRTIOFSD_PIDDIR = "/run/virtiofsd"
 #: Seconds a virtiofsd may take to create its socket.
 _VIRTIOFSD_START = 15.0
 
@@ -258,10 +260,12 @@ class _Virtiofsd:
     """The virtiofsd daemons of one run: one per tag, started before QEMU, always stopped.
 
     Each daemon runs in its own session (process group), so :meth:`stop`
-    ends it together with anything it forked.
+    ends it together with anything it forked.  The daemons of the *readonly*
+    tags see the host read-only (see :data:`_RO_WRAPPER`).
     """
 
-    def __init__(self, virtiofsd: str, sources: Mapping[str, Path], ctrl: Path) -> None:
+    def __init__(self, virtiofsd: str, sources: Mapping[str, Path], ctrl: Path, *,
+                 readonly: Iterable[str] = ()) -> None:
         self.ctrl = ctrl
         # sun_path holds 108 bytes: a deep results dir gets its sockets in a short temp dir.
         if len(str(ctrl / "hostroot.sock")) <= _SOCK_MAX:
@@ -271,6 +275,7 @@ class _Virtiofsd:
         self.sockets = {tag: self.sockdir / f"{tag}.sock" for tag in sources}
         self.argvs = {tag: virtiofsd_command(src, self.sockets[tag], virtiofsd=virtiofsd)
                       for tag, src in sources.items()}
+        self.readonly = set(readonly)
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def _log(self, tag: str) -> Path:
@@ -280,6 +285,13 @@ class _Virtiofsd:
         """Start the daemons and wait for their sockets; return None, or what went wrong."""
         for tag, argv in self.argvs.items():
             self.sockets[tag].unlink(missing_ok=True)
+            if tag in self.readonly:
+                piddir = Path(os.path.realpath(_VIRTIOFSD_PIDDIR))
+                try:
+                    piddir.mkdir(parents=True, exist_ok=True)
+                except OSError:
+                    pass  # virtiofsd will say what is wrong
+                argv = [sys.executable, "-c", _RO_WRAPPER, str(self.sockdir), str(piddir), "--", *argv]
             with open(self._log(tag), "wb") as log:
                 self.procs[tag] = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                                    stderr=log, start_new_session=True)
@@ -329,6 +341,48 @@ class _Virtiofsd:
             sock.unlink(missing_ok=True)
         if self._own_dir:
             shutil.rmtree(self.sockdir, ignore_errors=True)
+
+
+#: Run by the host root's virtiofsd wrapper (``python3 -c``; argv: WRITABLE-DIR... -- CMD...):
+#: in a private mount namespace, remount every mount read-only except binds of
+#: the WRITABLE-DIRs (the vhost-user socket's, virtiofsd's pid file's), then exec CMD.  virtiofsd has
+#: no read-only export, and a guest root can remount its view read-write; with
+#: this the host stays read-only as with 9p's readonly=on.  Without
+#: CAP_SYS_ADMIN it warns and runs CMD as is (the guest still mounts ro).
+_RO_WRAPPER = r"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+NEWNS, REC, PRIVATE, BIND, REMOUNT, RDONLY = 0x20000, 0x4000, 0x40000, 0x1000, 0x20, 0x1
+FLAGS = {"nosuid": 0x2, "nodev": 0x4, "noexec": 0x8, "noatime": 0x400, "nodiratime": 0x800,
+         "relatime": 0x200000}
+def mount(src, dst, flags):
+    if libc.mount(src, dst.encode(), None, flags, None) != 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), dst)
+def unescape(p):
+    return p.encode().decode("unicode_escape").encode("latin-1").decode()
+sep = sys.argv.index("--")
+keep, cmd = sys.argv[1:sep], sys.argv[sep + 1:]
+try:
+    if libc.unshare(NEWNS) != 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), "unshare(CLONE_NEWNS)")
+    mount(None, "/", REC | PRIVATE)
+    failed = []
+    for line in open("/proc/self/mountinfo"):
+        f = line.split()
+        flags = sum(FLAGS.get(o, 0) for o in f[5].split(","))
+        try:
+            mount(None, unescape(f[4]), REMOUNT | BIND | RDONLY | flags)
+        except OSError as e:
+            failed.append(f"{unescape(f[4])}: {e.strerror}")
+    if failed:
+        print("cglcert: could not make read-only: " + "; ".join(failed), file=sys.stderr)
+    for k in keep:
+        mount(k.encode(), k, BIND)
+        mount(None, k, REMOUNT | BIND)
+except OSError as e:
+    print(f"cglcert: no read-only view of the host root ({e}); the guest mounts it ro", file=sys.stderr)
+os.execv(cmd[0], cmd)
+"""
 
 
 def _is_socket(path: Path) -> bool:
@@ -482,7 +536,8 @@ def run_in_guest(kernel: kernels.Kernel | str | None, command: Sequence[str] | s
     serial = ctrl / "serial.log"
     serial.touch()
     image = kernels.vmlinux(kernel) if boot == "pvh" else None
-    daemons = (_Virtiofsd(virtiofsd, {"hostroot": Path("/"), "results": results_dir}, ctrl)
+    daemons = (_Virtiofsd(virtiofsd, {"hostroot": Path("/"), "results": results_dir}, ctrl,
+                          readonly=["hostroot"])
                if share == "virtiofs" else None)
     argv = qemu_command(kernel, initrd, results_dir, serial, smp=smp, mem=mem, accel=accel,
                         append=append, qemu=qemu, image=image, share=share,
@@ -543,8 +598,8 @@ def run_in_guest(kernel: kernels.Kernel | str | None, command: Sequence[str] | s
                             break
                         if begin_at is not None and now - begin_at > cmd_limit + grace:
                             error = "timeout"
-                            detail = (f"the guest did not finish within {cmd_limit:.0f} s + {grace:.0f} s grace; "
-                                      "QEMU killed (kernel log from the serial console)")
+                            detail = (f"the guest did not finish within {cmd_limit:.0f} s + "
+                                      f"{grace:.0f} s grace; QEMU killed (kernel log from the serial console)")
                             break
                         time.sleep(0.05)
                 finally:

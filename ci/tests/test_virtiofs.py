@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import textwrap
 import time
@@ -216,6 +217,21 @@ def test_long_control_dir_gets_short_sockets(fake_virtiofsd: str, tmp_path: Path
     assert not d.sockdir.exists()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="a mount namespace needs root")
+def test_read_only_wrapper_keeps_the_host_read_only(tmp_path: Path) -> None:
+    """virtiofsd has no read-only export: the host root's daemon runs in a read-only mount view."""
+    keep = tmp_path / "sockets"
+    keep.mkdir()
+    script = f"touch {tmp_path}/outside; touch {keep}/inside; touch /var/tmp/cglcert-ro-{tmp_path.name}"
+    proc = subprocess.run([sys.executable, "-c", qemu._RO_WRAPPER, str(keep), "--", "/bin/sh", "-c", script],
+                          capture_output=True, text=True, timeout=60)
+    assert "Read-only file system" in proc.stderr, proc.stderr
+    assert "no read-only view" not in proc.stderr
+    assert (keep / "inside").exists()
+    assert not (tmp_path / "outside").exists()
+    assert not Path(f"/var/tmp/cglcert-ro-{tmp_path.name}").exists()
+
+
 # --------------------------------------------------------------------------- the cloud kernel
 
 @pytest.fixture(scope="module")
@@ -229,6 +245,7 @@ def test_cloud_kernel_runs_commands_like_the_others(cloud: kernels.Kernel, tmp_p
                                                     repo_root: Path) -> None:
     """Host file read, result written, ro root, /lib/modules, a module of the tree, dmesg, taint."""
     host_file = repo_root / "ci" / "pytest.ini"
+    probe = Path("/var/tmp") / f"cglcert-ro-probe-{os.getpid()}"
     script = textwrap.dedent(f"""\
         uname -r
         grep -q ' / virtiofs ro' /proc/mounts && echo root-virtiofs-ro
@@ -239,6 +256,9 @@ def test_cloud_kernel_runs_commands_like_the_others(cloud: kernels.Kernel, tmp_p
         touch /etc/cglcert-must-fail 2>/dev/null || echo root-read-only
         touch /tmp/x && echo tmp-writable
         echo "cglcert-selftest: hello from the cloud guest" > /dev/kmsg
+        # even a guest that remounts its root rw must not write to the host
+        mount -o remount,rw / 2>/dev/null
+        touch {probe} 2>/dev/null || echo host-read-only
         """)
     r = qemu.run_in_guest(cloud, script, results_dir=tmp_path, timeout=TIMEOUT, extra_modules=["crc7"])
     assert r.error is None, r.detail
@@ -247,7 +267,8 @@ def test_cloud_kernel_runs_commands_like_the_others(cloud: kernels.Kernel, tmp_p
     assert lines[0] == CLOUD
     assert hashlib.sha256(host_file.read_bytes()).hexdigest() in lines
     assert {"root-virtiofs-ro", "copied", "modules-ok", "crc7-loaded", "root-read-only",
-            "tmp-writable"} <= set(lines), r.output
+            "tmp-writable", "host-read-only"} <= set(lines), r.output
+    assert not probe.exists()
     assert (tmp_path / "copied.ini").read_bytes() == host_file.read_bytes()
     assert not Path("/etc/cglcert-must-fail").exists()
     assert r.kernel_log_source == "dmesg"

@@ -95,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
         r = qemu.run_in_guest(
             kernel, cmd, smp=args.smp, mem=args.mem, accel=args.accel, timeout=args.timeout,
             boot_timeout=args.boot_timeout, results_dir=args.results, extra_modules=args.module,
-            append=args.append, boot=args.boot, share=args.share, console=sys.stderr if args.console else None)
+            append=args.append, boot=args.boot, share=args.share,
+            console=sys.stderr if args.console else None)
     except kc.KernelError as exc:
         raise InfraError(str(exc)) from exc
     except hostdeps.MissingPackages as exc:
