@@ -15,8 +15,10 @@ enforces read-only).  ``share="virtiofs"`` starts one C virtiofsd
 shared directory with its vhost-user socket in the control directory, backs
 the guest memory with a shared memfd (vhost-user needs it), and stops the
 daemons when QEMU ends, whatever happens.  virtiofsd cannot export read-only,
-so the guest mounts the host root ``ro``.  ``share="auto"`` (the default) takes
-9p when the kernel has it and virtiofs otherwise.
+so the host root's daemon sees the host through a read-only mount namespace
+and the guest mounts it ``ro`` too.  ``share="auto"`` (the default) takes
+virtiofs when it can run (root, virtiofsd installed): as fast to boot, and
+2-4 times faster on file-heavy commands; else 9p (see :func:`choose_share`).
 
 One boot per call: batch a whole suite into one command to keep the TCG boot
 cost (about 5 s guest, 8-10 s wall on the development machines) paid once.
@@ -215,18 +217,22 @@ def virtiofsd_command(source: Path | str, socket: Path, *, virtiofsd: str = VIRT
             "-o", "log_level=warn"]
 
 
-def choose_share(kernel: kernels.Kernel, share: str = "auto") -> str:
+def choose_share(kernel: kernels.Kernel, share: str = "auto", *, virtiofsd: str = VIRTIOFSD) -> str:
     """Resolve *share* (one of :data:`SHARES`) for *kernel*: "9p" or "virtiofs".
 
-    "auto" is 9p when the kernel has it (no daemon, host-enforced read-only
-    root), else virtiofs.  Raises :class:`~cglcert.kernels.KernelError` when
-    the kernel cannot mount the requested kind.
+    "auto" prefers virtiofs when it can run here (as root, with *virtiofsd*
+    installed): it boots as fast as 9p and runs file-heavy commands 2-4 times
+    faster under TCG (directory walks most).  Otherwise 9p, which needs no
+    daemon and no root; virtiofs again when the kernel has no 9p (the cloud
+    flavor).  Raises :class:`~cglcert.kernels.KernelError` when the kernel
+    cannot mount the requested kind.
     """
     if share not in SHARES:
         raise ValueError(f"share must be one of {', '.join(SHARES)}, not {share!r}")
     avail = initramfs.shares(kernel)
     if share == "auto":
-        for kind in ("9p", "virtiofs"):
+        can_virtiofs = os.geteuid() == 0 and os.access(virtiofsd, os.X_OK)
+        for kind in (("virtiofs", "9p") if can_virtiofs else ("9p", "virtiofs")):
             if kind in avail:
                 return kind
         share = "9p"
@@ -518,7 +524,7 @@ def run_in_guest(kernel: kernels.Kernel | str | None, command: Sequence[str] | s
         kernel = kernels.fetch(kernels.resolve(kernel), headers=False)
     if shutil.which(qemu) is None:
         hostdeps.ensure(["qemu-system-x86"])
-    share = choose_share(kernel, share)
+    share = choose_share(kernel, share, virtiofsd=virtiofsd)
     if share == "virtiofs":
         virtiofsd = _find_virtiofsd(virtiofsd)
     initrd = initramfs.build(kernel)

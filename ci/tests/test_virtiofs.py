@@ -134,14 +134,22 @@ def test_virtiofsd_command() -> None:
     assert "announce_submounts" in opts
 
 
-def test_share_choice(tmp_path: Path) -> None:
-    """auto: 9p when the kernel has it, else virtiofs; an impossible request says why."""
+def test_share_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto: virtiofs where virtiofsd can run, else 9p, else virtiofs; an impossible request says why."""
     both = _fake_kernel(tmp_path / "both", {"9p": "fs/9p", "virtiofs": "fs/fuse", "fuse": "fs/fuse"})
-    assert qemu.choose_share(both) == "9p"
-    assert qemu.choose_share(both, "virtiofs") == "virtiofs"
+    daemon = tmp_path / "virtiofsd"
+    daemon.write_text("#!/bin/sh\n")
+    daemon.chmod(0o755)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert qemu.choose_share(both, virtiofsd=str(daemon)) == "virtiofs"
+    assert qemu.choose_share(both, virtiofsd=str(tmp_path / "none")) == "9p"  # not installed
+    assert qemu.choose_share(both, "9p", virtiofsd=str(daemon)) == "9p"
     cloud = _fake_kernel(tmp_path / "cloud", {"virtiofs": "fs/fuse", "fuse": "fs/fuse"},
                          config="# CONFIG_NET_9P is not set\nCONFIG_VIRTIO_FS=m\n")
-    assert qemu.choose_share(cloud) == "virtiofs"
+    assert qemu.choose_share(cloud, virtiofsd=str(tmp_path / "none")) == "virtiofs"
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # virtiofsd needs root: 9p for users
+    assert qemu.choose_share(both, virtiofsd=str(daemon)) == "9p"
+    assert qemu.choose_share(cloud, virtiofsd=str(daemon)) == "virtiofs"
     with pytest.raises(kernels.KernelError, match="CONFIG_NET_9P is not set"):
         qemu.choose_share(cloud, "9p")
     none = _fake_kernel(tmp_path / "none", {})

@@ -19,8 +19,8 @@ DESCRIPTION = """\
 Boot a Debian kernel under QEMU (TCG by default), run CMD in the guest and exit
 with CMD's exit code.
 
-The guest sees the host's root file system read-only (9p, or virtiofs for
-kernels without 9p such as the cloud flavor), with fresh /tmp and
+The guest sees the host's root file system read-only (virtiofs as root, else
+9p; the cloud flavor has only virtiofs: see --share), with fresh /tmp and
 /run, the results directory writable at its host path, and the kernel's own
 modules at /lib/modules/<release>.  CMD runs as root, from the current
 directory, chrooted into the host root.  After CMD the kernel log is scanned
@@ -61,8 +61,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--share", choices=qemu.SHARES, default="auto",
                    help="how the host root and results dir reach the guest: 9p (QEMU's -virtfs), "
                         "virtiofs (virtiofsd daemons, needs root and package "
-                        f"{qemu.VIRTIOFSD_PACKAGE}) or auto: 9p if the kernel has it, "
-                        "else virtiofs (default auto)")
+                        f"{qemu.VIRTIOFSD_PACKAGE}) or auto: virtiofs when running as root "
+                        "with virtiofsd installed (faster on file-heavy commands), else 9p if the "
+                        "kernel has it (default auto)")
     p.add_argument("--module", action="append", default=[], metavar="KO",
                    help="insmod this module (path to a .ko, or a module name of the kernel, "
                         "optionally with parameters: 'aem.ko debug=1') before CMD; repeatable")
