@@ -1,6 +1,6 @@
-"""Build the guest initramfs: a static busybox, the 9p modules of the kernel, and /init.
+"""Build the guest initramfs: a static busybox, the 9p/virtiofs modules of the kernel, and /init.
 
-The initramfs depends only on the kernel (its 9p/virtio modules) and on this
+The initramfs depends only on the kernel (its 9p/virtiofs modules) and on this
 file's /init script, so it is built once per kernel and cached next to it
 (``<cache>/<release>/initramfs-<hash>.cpio.gz``).  Everything that changes per
 run (command, environment, timeout, extra modules) is read by /init from the
@@ -10,12 +10,16 @@ What /init does (see :data:`INIT_SCRIPT`):
 
 1. mounts proc, sysfs, devtmpfs (+devpts, /dev/shm), debugfs, tracefs, tmpfs;
    brings up ``lo``;
-2. loads the 9p stack from the kernel's own modules, dependencies first
-   (on Debian 6.1: ``virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev
-   virtio virtio_pci 9pnet 9pnet_virtio netfs fscache 9p``; modules built into
-   the kernel are skipped; ``.ko.xz``/``.ko.gz`` are stored decompressed
-   because busybox insmod cannot read them);
-3. mounts the host root read-only (9p tag ``hostroot``) on /newroot and the
+2. loads the file-sharing stack chosen on the kernel command line
+   (``cglcert.share=9p``, the default, or ``cglcert.share=virtiofs``) from the
+   kernel's own modules, dependencies first (on Debian 6.1, 9p:
+   ``virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio virtio_pci
+   9pnet 9pnet_virtio netfs fscache 9p``; virtiofs: the same virtio stack,
+   then ``fuse virtiofs``); modules built into the kernel are skipped;
+   ``.ko.xz``/``.ko.gz`` are stored decompressed because busybox insmod
+   cannot read them.  Both stacks are packed when the kernel has both; the
+   cloud flavor has no 9p (CONFIG_NET_9P is not set), only virtiofs;
+3. mounts the host root read-only (tag ``hostroot``) on /newroot and the
    results share (tag ``results``) on /results;
 4. inside /newroot: mounts proc, rbinds /sys and /dev, shows the fetched
    kernel's modules at ``/lib/modules/<release>`` (tmpfs over the host's
@@ -46,12 +50,14 @@ import os
 import stat
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Literal
 
 from . import kernels
 
-__all__ = ["NINEP_MODULES", "INIT_SCRIPT", "MARK_PREFIX", "build", "find_busybox", "CpioWriter"]
+__all__ = ["NINEP_MODULES", "VIRTIOFS_MODULES", "SHARE_MODULES", "INIT_SCRIPT", "MARK_PREFIX",
+           "build", "shares", "find_busybox", "CpioWriter"]
 
 #: Modules that give the guest virtio-pci + 9p; dependencies are resolved from
 #: each module's .modinfo, so listing the top of the stack is enough.  The
@@ -59,7 +65,17 @@ __all__ = ["NINEP_MODULES", "INIT_SCRIPT", "MARK_PREFIX", "build", "find_busybox
 NINEP_MODULES = ["virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
                  "virtio_pci", "netfs", "fscache", "9pnet", "9pnet_virtio", "9p"]
 
+#: Modules that give the guest virtio-pci + virtiofs (FUSE over virtio).
+VIRTIOFS_MODULES = ["virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev",
+                    "virtio_pci", "fuse", "virtiofs"]
+
+#: Share mechanism -> (its modules, the module that must exist or be built in).
+SHARE_MODULES = {"9p": (NINEP_MODULES, "9p"), "virtiofs": (VIRTIOFS_MODULES, "virtiofs")}
+
 MARK_PREFIX = "<<<cglcert:"
+
+#: Cached initramfs images of other /init versions unused this long are deleted.
+_STALE_SECONDS = 7 * 24 * 3600
 
 #: msize 512000 is the largest the 6.1 virtio transport accepts (125 pages).
 INIT_SCRIPT = r"""#!/bin/sh
@@ -86,13 +102,27 @@ mount -t tmpfs -o mode=755 tmpfs /run
 ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
 REL=$(uname -r)
 mark "init $REL"
+SHARE=9p
+for a in $(cat /proc/cmdline); do
+    case $a in cglcert.share=*) SHARE=${a#cglcert.share=} ;; esac
+done
+[ -f /etc/cglcert/modules.$SHARE ] \
+    || die init "this initramfs cannot mount $SHARE shares (kernel $REL has no $SHARE support)"
 while read -r m; do
     [ -n "$m" ] && { insmod "/modules/$m" || die init "insmod $m failed"; }
-done < /etc/cglcert/modules
-mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 hostroot $R \
-    || die init "cannot mount the host root (9p tag hostroot)"
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results /results \
-    || die init "cannot mount the results share (9p tag results)"
+done < /etc/cglcert/modules.$SHARE
+if [ "$SHARE" = virtiofs ]; then
+    # virtiofsd cannot export read-only: the guest mounts the host root ro.
+    mount -t virtiofs -o ro hostroot $R \
+        || die init "cannot mount the host root (virtiofs tag hostroot)"
+    mount -t virtiofs results /results \
+        || die init "cannot mount the results share (virtiofs tag results)"
+else
+    mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 hostroot $R \
+        || die init "cannot mount the host root (9p tag hostroot)"
+    mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results /results \
+        || die init "cannot mount the results share (9p tag results)"
+fi
 [ -f $C/run.env ] || die init "no $C/run.env on the results share"
 . $C/run.env
 mount -t proc proc $R/proc || die init "cannot mount proc in the chroot"
@@ -253,27 +283,48 @@ def _read_module(path: Path) -> bytes:
     return kernels._read_module(path)  # decompresses .xz/.gz/.zst
 
 
+def shares(kernel: kernels.Kernel) -> dict[str, list[Path]]:
+    """The share mechanisms *kernel* can mount ("9p", "virtiofs"), each with its modules in load order.
+
+    A mechanism counts when its file system is a module of the kernel's tree
+    or built in; the list holds only the modules (built-in ones are skipped).
+    """
+    out: dict[str, list[Path]] = {}
+    for share, (names, top) in SHARE_MODULES.items():
+        mods = kernels.module_load_order(kernel.modules_dir, names)
+        if any(_mod_name(p) == top for p in mods) or _builtin(kernel, top):
+            out[share] = mods
+    return out
+
+
 def build(kernel: kernels.Kernel, *, out: Path | None = None, busybox: Path | None = None,
           force: bool = False) -> Path:
-    """Return the initramfs for *kernel*, building it if needed (cached by content)."""
+    """Return the initramfs for *kernel*, building it if needed (cached by content).
+
+    It packs the module stack of every share mechanism the kernel has (see
+    :func:`shares`); /init loads the one named by ``cglcert.share=`` on the
+    kernel command line.
+    """
     busybox = busybox or find_busybox()
-    mods = kernels.module_load_order(kernel.modules_dir, NINEP_MODULES)
-    if not any(_mod_name(p) == "9p" for p in mods) and not _builtin(kernel, "9p"):
-        hint = ""
-        if kernel.config and "CONFIG_NET_9P is not set" in kernel.config.read_text(errors="replace"):
-            hint = (" (CONFIG_NET_9P is not set: Debian's cloud flavor has no 9p, only virtiofs, "
-                    "which the QEMU target does not support yet; use the amd64 or rt-amd64 flavor)")
+    stacks = shares(kernel)
+    if not stacks:
         raise kernels.KernelError(
-            f"{kernel.release} cannot mount the host root: no 9p module in "
-            f"{kernel.modules_dir} and 9p is not built in{hint}")
+            f"{kernel.release} cannot mount the host root: neither 9p nor virtiofs is a module in "
+            f"{kernel.modules_dir} or built in (the QEMU target needs CONFIG_9P_FS or CONFIG_VIRTIO_FS)")
+    mods = list(dict.fromkeys(p for stack in stacks.values() for p in stack))
     h = hashlib.sha256()
     h.update(INIT_SCRIPT.encode())
+    h.update(" ".join(sorted(stacks)).encode())
     h.update(str(busybox.stat().st_size).encode() + str(int(busybox.stat().st_mtime)).encode())
     for p in mods:
         h.update(str(p.relative_to(kernel.modules_dir)).encode() + str(p.stat().st_size).encode())
     if out is None:
         out = kernel.root.parent / f"initramfs-{h.hexdigest()[:16]}.cpio.gz"
     if out.is_file() and not force:
+        try:
+            os.utime(out)  # in use: keep it from being dropped as stale
+        except OSError:
+            pass
         return out
 
     w = CpioWriter()
@@ -286,21 +337,24 @@ def build(kernel: kernels.Kernel, *, out: Path | None = None, busybox: Path | No
     for applet in _applets(busybox):
         if applet != "busybox":
             w.symlink(f"bin/{applet}", "busybox")
-    names = []
     for p in mods:
-        name = _mod_name(p) + ".ko"
-        w.file(f"modules/{name}", _read_module(p))
-        names.append(name)
-    w.file("etc/cglcert/modules", ("\n".join(names) + "\n").encode())
+        w.file(f"modules/{_mod_name(p)}.ko", _read_module(p))
+    for share, stack in stacks.items():
+        names = [_mod_name(p) + ".ko" for p in stack]
+        w.file(f"etc/cglcert/modules.{share}", ("\n".join(names) + "\n").encode())
     w.file("init", INIT_SCRIPT.encode(), 0o755)
     data = gzip.compress(w.finish(), compresslevel=6, mtime=0)
     tmp = out.with_name(out.name + f".tmp{os.getpid()}")
     tmp.write_bytes(data)
     tmp.replace(out)
-    # Drop stale initramfs images of older init scripts for this kernel.
+    # Drop stale initramfs images of older init scripts for this kernel; not
+    # recent ones: another checkout with another /init may be booting them.
     for old in out.parent.glob("initramfs-*.cpio.gz"):
-        if old != out:
-            old.unlink(missing_ok=True)
+        try:
+            if old != out and time.time() - old.stat().st_mtime > _STALE_SECONDS:
+                old.unlink(missing_ok=True)
+        except OSError:
+            pass
     return out
 
 

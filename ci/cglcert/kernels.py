@@ -356,16 +356,20 @@ def vmlinux(kernel: Kernel) -> Path | None:
         return out if out.stat().st_size > 0 else None
     data = kernel.vmlinuz.read_bytes()
     elf = None
-    for magic, kind in ((b"\xfd7zXZ\x00", "xz"), (b"\x1f\x8b\x08", "gz")):
+    for magic, kind in ((b"\xfd7zXZ\x00", "xz"), (b"\x1f\x8b\x08", "gz"), (_LZ4_LEGACY, "lz4")):
         start = data.find(magic)
+        if kind == "lz4" and start >= 0 and shutil.which("lz4") is None:
+            return None  # cloud flavor (CONFIG_KERNEL_LZ4): retry once `lz4` is installed
         while start >= 0 and elf is None:
             try:
                 if kind == "xz":
                     import lzma
                     cand = lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(data[start:])
-                else:
+                elif kind == "gz":
                     import zlib
                     cand = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(data[start:])
+                else:
+                    cand = _lz4_legacy(data[start:])
             except Exception:  # noqa: BLE001 - a false magic match: keep looking
                 cand = b""
             if cand[:4] == b"\x7fELF":
@@ -380,6 +384,30 @@ def vmlinux(kernel: Kernel) -> Path | None:
         tmp.write_bytes(elf)
     tmp.replace(out)
     return out if out.stat().st_size > 0 else None
+
+
+#: Magic of the LZ4 "legacy" frame the kernel's CONFIG_KERNEL_LZ4 payload uses.
+_LZ4_LEGACY = b"\x02\x21\x4c\x18"
+
+
+def _lz4_legacy(payload: bytes) -> bytes:
+    """Decompress a kernel's LZ4 legacy payload with the ``lz4`` tool (Debian package lz4).
+
+    The kernel build appends the uncompressed size after the last block, which
+    lz4 reads as a broken block and exits 1 after writing everything: accept
+    the output when it is a whole ELF image (every segment within it).
+    """
+    out = subprocess.run(["lz4", "-dc"], input=payload, capture_output=True, check=False).stdout
+    if out[:4] != b"\x7fELF" or len(out) < 64:
+        return b""
+    phoff = int.from_bytes(out[32:40], "little")
+    phentsize, phnum = int.from_bytes(out[54:56], "little"), int.from_bytes(out[56:58], "little")
+    for i in range(phnum):
+        ph = out[phoff + i * phentsize: phoff + (i + 1) * phentsize]
+        offset, filesz = int.from_bytes(ph[8:16], "little"), int.from_bytes(ph[32:40], "little")
+        if len(ph) < 40 or offset + filesz > len(out):
+            return b""
+    return out
 
 
 # --------------------------------------------------------------------------- modules

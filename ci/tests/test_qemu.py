@@ -1,6 +1,8 @@
 """Integration tests of the QEMU target: boot Debian's default kernel under TCG.
 
 Each test boots once (about 4-5 s with the PVH entry, 8-10 s as bzImage).
+They use the default share (virtiofs as root, else 9p); the host-root test
+runs over both.
 Deselect them with ``-m "not qemu"``.  They are skipped only when
 qemu-system-x86_64 is not installed; a kernel that cannot be fetched or booted
 fails them.  The first run downloads the default kernel into the cache.
@@ -9,6 +11,7 @@ fails them.  The first run downloads the default kernel into the cache.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import textwrap
@@ -38,8 +41,12 @@ def _markers(serial: Path) -> list[str]:
             if line.startswith("<<<cglcert:")]
 
 
-def test_command_runs_in_host_root(kernel: kernels.Kernel, tmp_path: Path) -> None:
-    """uname -r, a WARN-free /dev/kmsg line, the results share, a read-only host root."""
+@pytest.mark.parametrize("share", [
+    "9p",
+    pytest.param("virtiofs", marks=pytest.mark.skipif(os.geteuid() != 0, reason="virtiofsd needs root")),
+])
+def test_command_runs_in_host_root(kernel: kernels.Kernel, tmp_path: Path, share: str) -> None:
+    """uname -r, a WARN-free /dev/kmsg line, the results share, a read-only host root (both shares)."""
     script = textwrap.dedent(f"""\
         uname -r
         echo "cglcert-selftest: hello from the guest" > /dev/kmsg
@@ -49,8 +56,9 @@ def test_command_runs_in_host_root(kernel: kernels.Kernel, tmp_path: Path) -> No
         touch /etc/cglcert-must-fail 2>/dev/null || echo root-read-only
         test -x {Path(qemu.__file__).resolve().parents[2] / 'cglcert'} && echo repo-visible
         """)
-    r = qemu.run_in_guest(kernel, script, results_dir=tmp_path, timeout=TIMEOUT)
+    r = qemu.run_in_guest(kernel, script, results_dir=tmp_path, timeout=TIMEOUT, share=share)
     assert r.error is None, r.detail
+    assert r.share == share
     assert r.exit_code == 0
     lines = r.output.splitlines()
     assert lines[0] == kernel.release

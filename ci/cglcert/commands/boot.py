@@ -19,7 +19,8 @@ DESCRIPTION = """\
 Boot a Debian kernel under QEMU (TCG by default), run CMD in the guest and exit
 with CMD's exit code.
 
-The guest sees the host's root file system read-only (9p), with fresh /tmp and
+The guest sees the host's root file system read-only (virtiofs as root, else
+9p; the cloud flavor has only virtiofs: see --share), with fresh /tmp and
 /run, the results directory writable at its host path, and the kernel's own
 modules at /lib/modules/<release>.  CMD runs as root, from the current
 directory, chrooted into the host root.  After CMD the kernel log is scanned
@@ -34,6 +35,7 @@ Examples:
   cglcert boot -- uname -r
   cglcert boot --kernel 6.1.0-57-rt-amd64 --smp 4 -- sh -c 'cat /proc/cmdline; dmesg | tail'
   cglcert boot --module reference/kmod/aem.ko --timeout 120 -- build/dev/conformance/aem_tests
+  cglcert boot --kernel 6.1.0-57-cloud-amd64 -- sh -c 'grep -i virtiofs /proc/mounts'
 """
 
 
@@ -56,6 +58,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--boot", choices=("pvh", "bzimage"), default="pvh",
                    help="pvh: uncompressed vmlinux via the PVH entry (fast, no KASLR); "
                         "bzimage: Debian's vmlinuz as a boot loader would (default pvh)")
+    p.add_argument("--share", choices=qemu.SHARES, default="auto",
+                   help="how the host root and results dir reach the guest: 9p (QEMU's -virtfs), "
+                        "virtiofs (virtiofsd daemons, needs root and package "
+                        f"{qemu.VIRTIOFSD_PACKAGE}) or auto: virtiofs when running as root "
+                        "with virtiofsd installed (faster on file-heavy commands), else 9p if the "
+                        "kernel has it (default auto)")
     p.add_argument("--module", action="append", default=[], metavar="KO",
                    help="insmod this module (path to a .ko, or a module name of the kernel, "
                         "optionally with parameters: 'aem.ko debug=1') before CMD; repeatable")
@@ -88,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         r = qemu.run_in_guest(
             kernel, cmd, smp=args.smp, mem=args.mem, accel=args.accel, timeout=args.timeout,
             boot_timeout=args.boot_timeout, results_dir=args.results, extra_modules=args.module,
-            append=args.append, boot=args.boot, console=sys.stderr if args.console else None)
+            append=args.append, boot=args.boot, share=args.share,
+            console=sys.stderr if args.console else None)
     except kc.KernelError as exc:
         raise InfraError(str(exc)) from exc
     except hostdeps.MissingPackages as exc:
@@ -102,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     err = sys.stderr
     boot = f"{r.boot_seconds:.1f} s" if r.boot_seconds is not None else "-"
-    print(f"--- cglcert boot: {r.release} ({r.boot}, {args.accel}, smp {args.smp}): "
+    print(f"--- cglcert boot: {r.release} ({r.boot}, {r.share}, {args.accel}, smp {args.smp}): "
           f"boot {boot}, total {r.duration:.1f} s", file=err)
     if r.error:
         print(f"--- error: {r.error}: {r.detail}", file=err)
