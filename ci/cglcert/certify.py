@@ -43,7 +43,7 @@ from cglcert.catalog import Requirement
 #: Debian packages per need (what ``ci/install-deps`` installs, less the test-only ones).
 PACKAGES = {
     "build": ["cmake", "ninja-build", "g++", "make", "pkg-config", "libgtest-dev"],
-    "qemu": ["qemu-system-x86", "busybox-static"],
+    "qemu": ["qemu-system-x86", "busybox-static", "lz4"],
     "stress": ["libbenchmark-dev", "liburing-dev", "libuv1-dev", "stress-ng", "rt-tests"],
 }
 PROFILES = ("quick", "default", "full")
