@@ -37,7 +37,8 @@
  *    leaf locks at most: no wake-up, no signal, no family callback.
  *
  * Lock order: aem_family_lock -> ctx->mutex -> (family locks,
- * hrtimer base, wait-queue head locks) -> ctx->lock.
+ * hrtimer base, wait-queue head locks) -> ctx->lock;
+ * ctx->boost_mutex -> ctx->lock.
  * A family may call aem_activate() with its own lock or a wait-queue head
  * lock held (wq_head->lock -> ctx->lock), exactly like ep_poll_callback().
  * Because activation can happen under a wait-queue head lock or under
@@ -50,10 +51,13 @@
  *
  * Deferred work: ctx->kick (irq_work: wake-ups and the doorbell signal),
  * ctx->reap_work (destroys registrations whose final delivery was taken;
- * takes ctx->mutex) and ctx->boost_work (set_user_nice(), sleepable; its
- * own fields are only touched by itself and by ->release() after
- * cancel_work_sync()). All three are queued under ctx->lock, which is
- * fine: queueing takes only leaf locks.
+ * takes ctx->mutex) and ctx->boost_work (set_user_nice(), sleepable). A
+ * boost change is applied by that work or, when an ioctl caused it, by
+ * the ioctl itself on its way out (aem_boost_sync(), no other AEM lock
+ * held); both take ctx->boost_mutex, a leaf apart from ctx->lock inside
+ * it; ->release() touches the boost fields after cancel_work_sync().
+ * All three are queued under ctx->lock, which is fine: queueing takes
+ * only leaf locks.
  *
  * Lifetime: the file owns the context. ->release() destroys every
  * registration (family teardown first, so no activation can follow), then
@@ -83,6 +87,7 @@
 #include <linux/sched/prio.h>
 #include <linux/sched/signal.h>
 #include <linux/sched/task.h>
+#include <linux/sched/user.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
 #include <linux/uaccess.h>
@@ -186,7 +191,10 @@ struct aem_pnode {
  *              (ctx->lock)
  * @timeout:    AEM_CTL_SET_TIMEOUT, 0: none (ctx->mutex to set)
  * @last_act:   time of the last activation, for the timeout (ctx->lock)
- * @tmo_timer:  the timeout timer
+ * @tmo:        the timeout timer, allocated by the first
+ *              AEM_CTL_SET_TIMEOUT (ctx->mutex): most registrations never
+ *              have one, and an embedded hrtimer would push every
+ *              registration from kmalloc-192 into kmalloc-256
  * @stats:      AEM_CTL_STATS counters (ctx->lock)
  * @priv:       family state, @fam->priv_size bytes
  */
@@ -207,7 +215,7 @@ struct aem_event {
 	struct list_head recheck_link;
 	ktime_t timeout;
 	ktime_t last_act;
-	struct hrtimer tmo_timer;
+	struct aem_tmo *tmo;
 	struct {
 		u64 activations;
 		u64 deliveries;
@@ -219,6 +227,16 @@ struct aem_event {
 };
 
 /**
+ * struct aem_tmo - the timeout timer of a registration
+ * @timer: expires when the registration was not activated for its timeout
+ * @reg:   the registration
+ */
+struct aem_tmo {
+	struct hrtimer timer;
+	struct aem_event *reg;
+};
+
+/**
  * struct aem_ring - the mmap'd completion ring
  * @mem:     vmalloc_user() memory: header, then the entries
  * @size:    bytes of @mem (page multiple)
@@ -226,10 +244,16 @@ struct aem_event {
  * @ents:    entry array at AEM_RING_ENTRIES_OFF
  * @entries: number of entries (power of two)
  * @ktail:   the kernel's private tail; hdr->tail is only written
+ * @user:    the user its pages are charged to (RLIMIT_MEMLOCK, like
+ *           io_uring's rings), referenced; NULL: not charged
+ *           (CAP_IPC_LOCK)
+ * @pages:   pages charged to @user->locked_vm
  */
 struct aem_ring {
 	void *mem;
 	size_t size;
+	struct user_struct *user;
+	unsigned long pages;
 	struct aem_ring_hdr *hdr;
 	struct aem_delivery *ents;
 	u32 entries;
@@ -279,10 +303,12 @@ struct aem_user {
  * @opener:      the thread that opened the context (referenced)
  * @user:        the opener's struct aem_user (referenced)
  * @boost_want:  a pending level >= boost_prio exists (ctx->lock)
- * @boost_work:  applies @boost_want: sleepable, serialised by the wq
- * @boosted:     the thread we boosted, referenced, or NULL (boost_work)
- * @boost_nice:  the nice value we set (boost_work)
- * @saved_nice:  its nice value before (boost_work)
+ * @boost_work:  applies @boost_want from atomic context (sleepable)
+ * @boost_mutex: serialises applying @boost_want (the work, or the ioctl
+ *               that changed it) and the three fields below
+ * @boosted:     the thread we boosted, referenced, or NULL (boost_mutex)
+ * @boost_nice:  the nice value we set (boost_mutex)
+ * @saved_nice:  its nice value before (boost_mutex)
  * @may_nice:    the opener had CAP_SYS_NICE: the ceiling is not clamped to
  *               RLIMIT_NICE (set at open, read by boost_work)
  * @tgid:        the owning thread group (referenced)
@@ -313,6 +339,7 @@ struct aem_ctx {
 	struct aem_user *user;
 	bool boost_want;
 	struct work_struct boost_work;
+	struct mutex boost_mutex;	/* see @boost_mutex above */
 	struct task_struct *boosted;
 	int boost_nice;
 	int saved_nice;
@@ -697,14 +724,14 @@ static void aem_unboost(struct aem_ctx *ctx)
 	ctx->boosted = NULL;
 }
 
-static void aem_boost_fn(struct work_struct *work)
+static void aem_boost_apply(struct aem_ctx *ctx)
 {
-	struct aem_ctx *ctx = container_of(work, struct aem_ctx, boost_work);
 	struct task_struct *task;
 	unsigned long flags;
 	int target;
 	bool want;
 
+	mutex_lock(&ctx->boost_mutex);
 	spin_lock_irqsave(&ctx->lock, flags);
 	want = ctx->boost_want;
 	task = get_task_struct(ctx->sig_task ? ctx->sig_task : ctx->opener);
@@ -722,7 +749,27 @@ static void aem_boost_fn(struct work_struct *work)
 		set_user_nice(task, target);
 		ctx->boosted = get_task_struct(task);
 	}
+	mutex_unlock(&ctx->boost_mutex);
 	put_task_struct(task);
+}
+
+static void aem_boost_fn(struct work_struct *work)
+{
+	aem_boost_apply(container_of(work, struct aem_ctx, boost_work));
+}
+
+/*
+ * Process context, no AEM lock held: apply a boost change queued by the
+ * ioctl that just ran (a raise, a pop, an evctl) now, instead of when the
+ * work item gets a CPU. So the thread is boosted by the time the raise
+ * returns and restored by the time the pop returns, and the boost does not
+ * wait behind the very CPU hogs it is meant to beat. Changes made from
+ * atomic context (timers, wait-queue callbacks) still go through the work.
+ */
+static void aem_boost_sync(struct aem_ctx *ctx)
+{
+	if (cancel_work(&ctx->boost_work))
+		aem_boost_apply(ctx);
 }
 
 /* After pops: reap what got its final delivery. ctx->lock held. */
@@ -892,7 +939,7 @@ static void aem_run_recheck(struct aem_ctx *ctx)
 
 static enum hrtimer_restart aem_tmo_fn(struct hrtimer *t)
 {
-	struct aem_event *reg = container_of(t, struct aem_event, tmo_timer);
+	struct aem_event *reg = container_of(t, struct aem_tmo, timer)->reg;
 	struct aem_ctx *ctx = reg->ctx;
 	enum hrtimer_restart ret = HRTIMER_NORESTART;
 	unsigned long flags;
@@ -926,7 +973,8 @@ static void aem_reg_destroy(struct aem_ctx *ctx, struct aem_event *reg)
 	unsigned long flags;
 
 	fam->teardown(reg);
-	hrtimer_cancel(&reg->tmo_timer);
+	if (reg->tmo)
+		hrtimer_cancel(&reg->tmo->timer);
 	spin_lock_irqsave(&ctx->lock, flags);
 	reg->state |= AEM_RS_DOOMED;
 	aem_dequeue(ctx, reg);
@@ -936,6 +984,7 @@ static void aem_reg_destroy(struct aem_ctx *ctx, struct aem_event *reg)
 	spin_unlock_irqrestore(&ctx->lock, flags);
 	ctx->nregs--;
 	atomic_dec(&ctx->user->nregs);
+	kfree(reg->tmo);
 	kfree(reg);
 	module_put(fam->owner);
 }
@@ -1070,8 +1119,6 @@ static int aem_ioc_register(struct aem_ctx *ctx, void __user *uarg)
 	reg->node.prio = prio;
 	INIT_LIST_HEAD(&reg->reap_link);
 	INIT_LIST_HEAD(&reg->recheck_link);
-	hrtimer_init(&reg->tmo_timer, CLOCK_MONOTONIC, HRTIMER_MODE_REL);
-	reg->tmo_timer.function = aem_tmo_fn;
 	if (kreg.flags & AEM_DISABLED)
 		reg->state |= AEM_RS_DISABLED;
 	/* Reserve the id (lookups see NULL) until setup succeeded. */
@@ -1202,13 +1249,24 @@ static int aem_ctl_set_timeout(struct aem_ctx *ctx, struct aem_event *reg,
 
 	if (ms > (u64)INT_MAX * MSEC_PER_SEC)
 		return -EINVAL;
-	hrtimer_cancel(&reg->tmo_timer);
+	if (!reg->tmo) {
+		if (!ms)
+			return 0;
+		reg->tmo = kzalloc(sizeof(*reg->tmo), GFP_KERNEL_ACCOUNT);
+		if (!reg->tmo)
+			return -ENOMEM;
+		hrtimer_init(&reg->tmo->timer, CLOCK_MONOTONIC,
+			     HRTIMER_MODE_REL);
+		reg->tmo->timer.function = aem_tmo_fn;
+		reg->tmo->reg = reg;
+	}
+	hrtimer_cancel(&reg->tmo->timer);
 	spin_lock_irqsave(&ctx->lock, flags);
 	reg->timeout = ms_to_ktime(ms);
 	reg->last_act = ktime_get();
 	spin_unlock_irqrestore(&ctx->lock, flags);
 	if (ms)
-		hrtimer_start(&reg->tmo_timer, reg->timeout, HRTIMER_MODE_REL);
+		hrtimer_start(&reg->tmo->timer, reg->timeout, HRTIMER_MODE_REL);
 	return 0;
 }
 
@@ -1474,6 +1532,42 @@ static int aem_ioc_set_signal(struct aem_ctx *ctx, void __user *uarg)
 	return 0;
 }
 
+/*
+ * Ring memory is locked memory that user space maps: charge it to the
+ * user's RLIMIT_MEMLOCK unless the caller has CAP_IPC_LOCK, the way
+ * io_uring charges its rings (__io_account_mem()). The charge follows the
+ * user, not the mm, so it can be returned from ->release() after exit.
+ */
+static int aem_ring_charge(struct aem_ring *ring)
+{
+	unsigned long limit, cur, want;
+	struct user_struct *user;
+
+	ring->pages = ring->size >> PAGE_SHIFT;
+	if (capable(CAP_IPC_LOCK))
+		return 0;
+	user = current_user();
+	limit = rlimit(RLIMIT_MEMLOCK) >> PAGE_SHIFT;
+	cur = atomic_long_read(&user->locked_vm);
+	do {
+		if (check_add_overflow(cur, ring->pages, &want) ||
+		    want > limit)
+			return -ENOMEM;
+	} while (!atomic_long_try_cmpxchg(&user->locked_vm, &cur, want));
+	ring->user = get_uid(user);
+	return 0;
+}
+
+static void aem_ring_free(struct aem_ring *ring)
+{
+	if (ring->user) {
+		atomic_long_sub(ring->pages, &ring->user->locked_vm);
+		free_uid(ring->user);
+	}
+	vfree(ring->mem);
+	kfree(ring);
+}
+
 static int aem_ioc_ring_setup(struct aem_ctx *ctx, void __user *uarg)
 {
 	struct aem_ring_setup rs;
@@ -1495,9 +1589,14 @@ static int aem_ioc_ring_setup(struct aem_ctx *ctx, void __user *uarg)
 	ring->entries = rs.entries;
 	ring->size = PAGE_ALIGN(AEM_RING_ENTRIES_OFF +
 				(size_t)rs.entries * sizeof(struct aem_delivery));
+	ret = aem_ring_charge(ring);
+	if (ret) {
+		kfree(ring);
+		return ret;
+	}
 	ring->mem = vmalloc_user(ring->size);
 	if (!ring->mem) {
-		kfree(ring);
+		aem_ring_free(ring);
 		return -ENOMEM;
 	}
 	ring->hdr = ring->mem;
@@ -1518,8 +1617,7 @@ static int aem_ioc_ring_setup(struct aem_ctx *ctx, void __user *uarg)
 	spin_unlock_irqrestore(&ctx->lock, flags);
 	mutex_unlock(&ctx->mutex);
 	if (ret) {
-		vfree(ring->mem);
-		kfree(ring);
+		aem_ring_free(ring);
 		return ret;
 	}
 	irq_work_queue(&ctx->kick);
@@ -1578,15 +1676,9 @@ static bool aem_is_owner(struct aem_ctx *ctx)
 	return task_tgid(current) == ctx->tgid && current->mm == ctx->mm;
 }
 
-static long aem_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
+static long aem_ioctl_op(struct aem_ctx *ctx, unsigned int cmd,
+			 void __user *uarg)
 {
-	struct aem_ctx *ctx = file->private_data;
-	void __user *uarg = (void __user *)arg;
-
-	if (_IOC_TYPE(cmd) != AEM_IOC_MAGIC)
-		return -ENOTTY;
-	if (!aem_is_owner(ctx))
-		return -EOWNERDEAD;
 	switch (_IOC_NR(cmd)) {
 	case _IOC_NR(AEM_IOC_INFO):
 		return aem_ioc_info(uarg);
@@ -1604,6 +1696,21 @@ static long aem_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		return aem_ioc_ring_setup(ctx, uarg);
 	}
 	return -ENOTTY;
+}
+
+static long aem_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
+{
+	struct aem_ctx *ctx = file->private_data;
+	long ret;
+
+	if (_IOC_TYPE(cmd) != AEM_IOC_MAGIC)
+		return -ENOTTY;
+	if (!aem_is_owner(ctx))
+		return -EOWNERDEAD;
+	ret = aem_ioctl_op(ctx, cmd, (void __user *)arg);
+	/* A raise, pop or evctl may have changed the boost: apply it now. */
+	aem_boost_sync(ctx);
+	return ret;
 }
 
 static __poll_t aem_poll(struct file *file, poll_table *pt)
@@ -1672,6 +1779,7 @@ static int aem_open(struct inode *inode, struct file *file)
 	init_irq_work(&ctx->kick, aem_kick_fn);
 	INIT_WORK(&ctx->reap_work, aem_reap_fn);
 	INIT_WORK(&ctx->boost_work, aem_boost_fn);
+	mutex_init(&ctx->boost_mutex);
 	ctx->opener = get_task_struct(current);
 	ctx->may_nice = capable(CAP_SYS_NICE);
 	mutex_init(&ctx->mutex);
@@ -1707,15 +1815,14 @@ static int aem_release(struct inode *inode, struct file *file)
 	WARN_ON_ONCE(ctx->bitmap & ~BIT_ULL(AEM_PRIO_MAX));
 	if (ctx->sig_task)
 		put_task_struct(ctx->sig_task);
-	if (ctx->ring) {
-		vfree(ctx->ring->mem);
-		kfree(ctx->ring);
-	}
+	if (ctx->ring)
+		aem_ring_free(ctx->ring);
 	xa_destroy(&ctx->regs);
 	put_pid(ctx->tgid);
 	if (ctx->mm)
 		mmdrop(ctx->mm);
 	mutex_destroy(&ctx->mutex);
+	mutex_destroy(&ctx->boost_mutex);
 	kfree(ctx);
 	return 0;
 }

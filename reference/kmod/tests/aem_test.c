@@ -30,8 +30,9 @@
 #include <unistd.h>
 
 #include <linux/aem.h>
+#include <linux/capability.h>
 
-#define NTESTS 36
+#define NTESTS 37
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 static int test_no;
@@ -889,6 +890,63 @@ static void t_ring(void)
 	close(fd);
 }
 
+/*
+ * Ring pages are charged to RLIMIT_MEMLOCK without CAP_IPC_LOCK: in a
+ * child that drops the capability with a limit of two pages, a ring
+ * bigger than that is refused, two one-page rings fit, a third does not,
+ * and closing a context returns its charge. Exit code: 0 or the step.
+ */
+static int ring_memlock_child(void)
+{
+	struct rlimit rl = { 2 * 4096, 2 * 4096 };
+	struct aem_ring_setup big = { .size = sizeof(big), .entries = 4096 };
+	struct aem_ring_setup rs = { .size = sizeof(rs), .entries = 16 };
+	struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_data_struct data[2];
+	int a, b, c;
+
+	if (syscall(SYS_capget, &hdr, data))
+		return 10;
+	data[0].effective &= ~(1u << CAP_IPC_LOCK);
+	data[0].permitted &= ~(1u << CAP_IPC_LOCK);
+	if (syscall(SYS_capset, &hdr, data) || setrlimit(RLIMIT_MEMLOCK, &rl))
+		return 11;
+	a = open("/dev/aem", O_RDWR | O_CLOEXEC);
+	b = open("/dev/aem", O_RDWR | O_CLOEXEC);
+	c = open("/dev/aem", O_RDWR | O_CLOEXEC);
+	if (a < 0 || b < 0 || c < 0)
+		return 12;
+	if (xioctl(a, AEM_IOC_RING_SETUP, &big) != -ENOMEM)
+		return 13;
+	if (xioctl(a, AEM_IOC_RING_SETUP, &rs))
+		return 14;
+	rs.entries_off = 0; rs.mmap_size = 0;
+	if (xioctl(b, AEM_IOC_RING_SETUP, &rs))
+		return 15;
+	rs.entries_off = 0; rs.mmap_size = 0;
+	if (xioctl(c, AEM_IOC_RING_SETUP, &rs) != -ENOMEM)
+		return 16;
+	close(a);	/* the last reference: its charge goes back */
+	if (xioctl(c, AEM_IOC_RING_SETUP, &rs))
+		return 17;
+	close(b);
+	close(c);
+	return 0;
+}
+
+static void t_ring_memlock(void)
+{
+	int st = -1;
+	pid_t pid = fork();
+
+	if (pid == 0)
+		_exit(ring_memlock_child());
+	waitpid(pid, &st, 0);
+	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+	      "ring over RLIMIT_MEMLOCK: failed at step %d",
+	      WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+}
+
 /* The ring's doorbell word: one signal per 0 -> 1, re-armed by user space. */
 static void t_ring_doorbell(void)
 {
@@ -1059,15 +1117,16 @@ static void t_boost(void)
 	      "params");
 	hi = reg_soft(dev_fd, AEM_PRIO(60));
 	lo = reg_soft(dev_fd, AEM_PRIO(10));
+	/*
+	 * A change caused by an ioctl is applied before the ioctl returns,
+	 * so each value is read without waiting.
+	 */
 	n0 = getpriority(PRIO_PROCESS, 0);
 	raise_ev(dev_fd, lo, 1, 0);
-	sleep_ms(30);
 	n1 = getpriority(PRIO_PROCESS, 0);
 	raise_ev(dev_fd, hi, 1, 0);
-	sleep_ms(30);
 	n2 = getpriority(PRIO_PROCESS, 0);
 	wait_ev(dev_fd, d, 1, 0);	/* takes the urgent one only */
-	sleep_ms(30);
 	n3 = getpriority(PRIO_PROCESS, 0);
 	write_param(bp, "0");
 	write_param(bc, "0");
@@ -1089,7 +1148,7 @@ static int boost_rlimit_child(void)
 {
 	struct rlimit rl = { 22, 22 };	/* nice down to 20 - 22 = -2 */
 	struct aem_delivery d[1];
-	int fd, hi, n = 0, i;
+	int fd, hi, n;
 
 	if (setrlimit(RLIMIT_NICE, &rl) || setgid(65534) || setuid(65534))
 		return 10;
@@ -1099,9 +1158,8 @@ static int boost_rlimit_child(void)
 	hi = reg_soft(fd, AEM_PRIO(60));
 	if (hi <= 0 || raise_ev(fd, hi, 1, 0))
 		return 12;
-	/* The boost is applied by a work item: wait for it, bounded. */
-	for (i = 0; i < 2000 && (n = getpriority(PRIO_PROCESS, 0)) == 0; i++)
-		sleep_ms(1);
+	/* Applied before the raise returned. */
+	n = getpriority(PRIO_PROCESS, 0);
 	wait_ev(fd, d, 1, 0);
 	close(fd);
 	return n == -2 ? 0 : 20 + (n + 20);
@@ -1652,6 +1710,7 @@ int main(int argc, char **argv)
 	t_foreign_process(); report("foreign_process_eownerdead", NULL);
 	t_ring(); report("ring_mmap_refill", NULL);
 	t_ring_doorbell(); report("ring_doorbell", NULL);
+	t_ring_memlock(); report("ring_rlimit_memlock", NULL);
 	t_signal_tid(); report("signal_thread_directed", NULL);
 	t_efault_keeps(); report("efault_keeps_delivery", NULL);
 	if (access(fi, F_OK)) {

@@ -291,6 +291,9 @@ struct aem_signal {
 /*
  * AEM_IOC_RING_SETUP: create the completion ring (once per context), then
  * mmap(NULL, mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0).
+ * The ring's pages are locked memory charged to the caller's user against
+ * RLIMIT_MEMLOCK (as io_uring charges its rings) unless the caller has
+ * CAP_IPC_LOCK: -ENOMEM when they would exceed it.
  * The kernel moves deliveries from its priority queue into the ring while
  * there is room (on activation and on AEM_IOC_WAIT with AEM_WAIT_REFILL),
  * so the ring is in priority order at the time of each refill.
