@@ -68,6 +68,7 @@
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
+#include <linux/bitmap.h>
 #include <linux/bitops.h>
 #include <linux/cred.h>
 #include <linux/debugfs.h>
@@ -90,11 +91,13 @@
 #include <linux/sched/user.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
+#include <linux/tracepoint.h>
 #include <linux/uaccess.h>
 #include <linux/vmalloc.h>
 #include <linux/wait.h>
 #include <linux/workqueue.h>
 #include <linux/xarray.h>
+#include <asm/syscall.h>
 
 #include "aem_family.h"
 #include "aem_fault.h"
@@ -313,6 +316,11 @@ struct aem_user {
  *               RLIMIT_NICE (set at open, read by boost_work)
  * @tgid:        the owning thread group (referenced)
  * @mm:          the owning mm (mmgrab()ed)
+ * @deferred_link: on aem_deferred while a doorbell signal waits for its
+ *               thread's return from an allowed system call
+ *               (aem_deferred_lock, as are the next two)
+ * @deferred_task: the thread it goes to (ctx->sig_task at the time)
+ * @deferred_signo: the signal
  */
 struct aem_ctx {
 	spinlock_t lock;		/* see LOCKING */
@@ -346,6 +354,9 @@ struct aem_ctx {
 	bool may_nice;
 	struct pid *tgid;
 	struct mm_struct *mm;
+	struct list_head deferred_link;
+	struct task_struct *deferred_task;
+	int deferred_signo;
 };
 
 static const struct file_operations aem_fops;
@@ -840,6 +851,209 @@ out:
 EXPORT_SYMBOL_GPL(aem_activate);
 
 /*
+ * ---- System-call policy of handler upcalls (AEM-3.5.3) ----
+ *
+ * Handlers that run asynchronously start from the doorbell signal, which
+ * the thread takes on its next return to user space: after whatever
+ * system call it made, or an interrupt. The administrator may restrict
+ * that to the return from a set of system calls (upcall_syscalls, native
+ * syscall numbers): the doorbell signal is then held on aem_deferred and
+ * sent by a probe on the sys_exit tracepoint when the thread returns from
+ * an allowed call, so the signal is taken on exactly that return and on
+ * no other. A thread blocked in an allowed call is not interrupted for
+ * it. While a restriction is set every thread of the system runs the
+ * syscall-exit tracepoint work: an empty-list check unless a doorbell
+ * waits.
+ *
+ * aem_deferred_lock is a leaf: never held with ctx->lock, and signals are
+ * sent only after it is dropped (activation runs under sighand->siglock
+ * for signalfd, so siglock -> ctx->lock exists).
+ */
+#define AEM_UPCALL_NR	1024
+
+static DECLARE_BITMAP(aem_upcall_allowed, AEM_UPCALL_NR);
+static bool aem_upcall_restricted;
+static DEFINE_MUTEX(aem_upcall_mutex);	/* the three above, the probe */
+static struct tracepoint *aem_sys_exit_tp;
+static bool aem_sys_exit_probed;
+static LIST_HEAD(aem_deferred);
+static DEFINE_SPINLOCK(aem_deferred_lock);
+
+static void aem_send_doorbell(struct task_struct *task, int signo)
+{
+	struct kernel_siginfo info;
+
+	clear_siginfo(&info);
+	info.si_signo = signo;
+	info.si_code = SI_KERNEL;
+	send_sig_info(signo, &info, task);
+}
+
+/* Sends the doorbells @current owes on the return from an allowed call. */
+static void aem_sys_exit_probe(void *data, struct pt_regs *regs, long ret)
+{
+	struct aem_ctx *ctx, *tmp;
+	int signo[4], n = 0;
+	unsigned long flags, nr;
+
+	/*
+	 * Every syscall exit of the system comes here while a restriction
+	 * is set: a racy peek keeps it cheap. A doorbell added meanwhile is
+	 * not lost: it waits for this thread's next allowed return.
+	 */
+	if (data_race(list_empty(&aem_deferred)))
+		return;
+	nr = syscall_get_nr(current, regs);
+	if (nr >= AEM_UPCALL_NR || !test_bit(nr, aem_upcall_allowed))
+		return;
+	spin_lock_irqsave(&aem_deferred_lock, flags);
+	list_for_each_entry_safe(ctx, tmp, &aem_deferred, deferred_link) {
+		if (ctx->deferred_task != current)
+			continue;
+		list_del_init(&ctx->deferred_link);
+		signo[n++] = ctx->deferred_signo;
+		if (n == ARRAY_SIZE(signo))
+			break;	/* the rest on the next allowed return */
+	}
+	spin_unlock_irqrestore(&aem_deferred_lock, flags);
+	while (n--)
+		aem_send_doorbell(current, signo[n]);
+}
+
+/* Holds @ctx's doorbell for @task; false when no restriction is set. */
+static bool aem_defer_doorbell(struct aem_ctx *ctx, struct task_struct *task,
+			       int signo)
+{
+	unsigned long flags;
+	bool deferred = false;
+
+	spin_lock_irqsave(&aem_deferred_lock, flags);
+	if (READ_ONCE(aem_upcall_restricted)) {
+		if (list_empty(&ctx->deferred_link)) {
+			ctx->deferred_task = task;
+			ctx->deferred_signo = signo;
+			list_add_tail(&ctx->deferred_link, &aem_deferred);
+		}
+		deferred = true;
+	}
+	spin_unlock_irqrestore(&aem_deferred_lock, flags);
+	return deferred;
+}
+
+/*
+ * Drops @ctx's held doorbell (its thread changes, or the context goes);
+ * no kick runs. Returns true when one was held: the signal is owed.
+ */
+static bool aem_undefer_doorbell(struct aem_ctx *ctx)
+{
+	unsigned long flags;
+	bool was;
+
+	spin_lock_irqsave(&aem_deferred_lock, flags);
+	was = !list_empty(&ctx->deferred_link);
+	list_del_init(&ctx->deferred_link);
+	spin_unlock_irqrestore(&aem_deferred_lock, flags);
+	return was;
+}
+
+/* The restriction was lifted: send every held doorbell now. */
+static void aem_flush_deferred(void)
+{
+	struct task_struct *task;
+	struct aem_ctx *ctx;
+	unsigned long flags;
+	int signo;
+
+	for (;;) {
+		spin_lock_irqsave(&aem_deferred_lock, flags);
+		ctx = list_first_entry_or_null(&aem_deferred, struct aem_ctx,
+					       deferred_link);
+		if (ctx) {
+			list_del_init(&ctx->deferred_link);
+			task = get_task_struct(ctx->deferred_task);
+			signo = ctx->deferred_signo;
+		}
+		spin_unlock_irqrestore(&aem_deferred_lock, flags);
+		if (!ctx)
+			return;
+		aem_send_doorbell(task, signo);
+		put_task_struct(task);
+	}
+}
+
+static void aem_find_sys_exit(struct tracepoint *tp, void *priv)
+{
+	if (!strcmp(tp->name, "sys_exit"))
+		*(struct tracepoint **)priv = tp;
+}
+
+static int aem_upcall_set(const char *val, const struct kernel_param *kp)
+{
+	DECLARE_BITMAP(allowed, AEM_UPCALL_NR);
+	bool limited = true;
+	int ret = 0;
+
+	bitmap_zero(allowed, AEM_UPCALL_NR);
+	if (sysfs_streq(val, "") || sysfs_streq(val, "all"))
+		limited = false;
+	else if (!sysfs_streq(val, "none"))
+		ret = bitmap_parselist(val, allowed, AEM_UPCALL_NR);
+	if (ret)
+		return ret;
+	mutex_lock(&aem_upcall_mutex);
+	if (limited && !aem_sys_exit_probed) {
+		if (!aem_sys_exit_tp)
+			for_each_kernel_tracepoint(aem_find_sys_exit,
+						   &aem_sys_exit_tp);
+		ret = aem_sys_exit_tp ?
+		      tracepoint_probe_register(aem_sys_exit_tp,
+						aem_sys_exit_probe, NULL) :
+		      -EOPNOTSUPP;
+		if (ret)
+			goto out;
+		aem_sys_exit_probed = true;
+	}
+	bitmap_copy(aem_upcall_allowed, allowed, AEM_UPCALL_NR);
+	WRITE_ONCE(aem_upcall_restricted, limited);
+	if (!limited && aem_sys_exit_probed) {
+		tracepoint_probe_unregister(aem_sys_exit_tp,
+					    aem_sys_exit_probe, NULL);
+		tracepoint_synchronize_unregister();
+		aem_sys_exit_probed = false;
+	}
+	if (!limited)
+		aem_flush_deferred();
+out:
+	mutex_unlock(&aem_upcall_mutex);
+	return ret;
+}
+
+static int aem_upcall_get(char *buf, const struct kernel_param *kp)
+{
+	int n;
+
+	mutex_lock(&aem_upcall_mutex);
+	if (!aem_upcall_restricted)
+		n = sysfs_emit(buf, "all\n");
+	else if (bitmap_empty(aem_upcall_allowed, AEM_UPCALL_NR))
+		n = sysfs_emit(buf, "none\n");
+	else
+		n = sysfs_emit(buf, "%*pbl\n", AEM_UPCALL_NR,
+			       aem_upcall_allowed);
+	mutex_unlock(&aem_upcall_mutex);
+	return n;
+}
+
+static const struct kernel_param_ops aem_upcall_ops = {
+	.set = aem_upcall_set,
+	.get = aem_upcall_get,
+};
+
+module_param_cb(upcall_syscalls, &aem_upcall_ops, NULL, 0644);
+MODULE_PARM_DESC(upcall_syscalls,
+		 "System calls (native numbers, a list such as 0,1,232 or 7-9) on whose return the doorbell signal of an asynchronous context may be taken; all: no restriction (default); none: never");
+
+/*
  * ctx->kick: hardirq context, no locks held by our caller. Wakes the
  * waiters and rings the doorbell: the signal goes out only when the
  * doorbell word goes 0 -> 1. With a ring the word is shared with user
@@ -851,7 +1065,6 @@ static void aem_kick_fn(struct irq_work *work)
 {
 	struct aem_ctx *ctx = container_of(work, struct aem_ctx, kick);
 	struct task_struct *task = NULL;
-	struct kernel_siginfo info;
 	unsigned long flags;
 	struct aem_ring *ring;
 	int signo;
@@ -878,10 +1091,9 @@ static void aem_kick_fn(struct irq_work *work)
 	if (!task)
 		return;
 	/* sig_task cannot be put before irq_work_sync(): see SET_SIGNAL. */
-	clear_siginfo(&info);
-	info.si_signo = signo;
-	info.si_code = SI_KERNEL;
-	send_sig_info(signo, &info, task);
+	if (aem_defer_doorbell(ctx, task, signo))
+		return;
+	aem_send_doorbell(task, signo);
 }
 
 /**
@@ -1524,6 +1736,9 @@ static int aem_ioc_set_signal(struct aem_ctx *ctx, void __user *uarg)
 	spin_unlock_irqrestore(&ctx->lock, flags);
 	/* A running kick may still use @old: wait for it. */
 	irq_work_sync(&ctx->kick);
+	/* A doorbell held for @old is owed: the kick below sends it again. */
+	if (aem_undefer_doorbell(ctx) && ctx->ring)
+		WRITE_ONCE(ctx->ring->hdr->doorbell, 0);
 	mutex_unlock(&ctx->mutex);
 	if (old)
 		put_task_struct(old);
@@ -1774,6 +1989,7 @@ static int aem_open(struct inode *inode, struct file *file)
 	INIT_LIST_HEAD(&ctx->reap);
 	INIT_LIST_HEAD(&ctx->recheck);
 	INIT_LIST_HEAD(&ctx->overload.link);
+	INIT_LIST_HEAD(&ctx->deferred_link);
 	ctx->overload.prio = AEM_PRIO_MAX;
 	init_waitqueue_head(&ctx->wq);
 	init_irq_work(&ctx->kick, aem_kick_fn);
@@ -1808,6 +2024,7 @@ static int aem_release(struct inode *inode, struct file *file)
 	/* No registration is left to activate, pop or time out. */
 	cancel_work_sync(&ctx->reap_work);
 	irq_work_sync(&ctx->kick);
+	aem_undefer_doorbell(ctx);
 	cancel_work_sync(&ctx->boost_work);
 	aem_unboost(ctx);
 	put_task_struct(ctx->opener);
@@ -1887,6 +2104,12 @@ static int __init aem_init(void)
 
 static void __exit aem_exit(void)
 {
+	/* No context is open (the fops pin the module): nothing is held. */
+	if (aem_sys_exit_probed) {
+		tracepoint_probe_unregister(aem_sys_exit_tp,
+					    aem_sys_exit_probe, NULL);
+		tracepoint_synchronize_unregister();
+	}
 	debugfs_remove(aem_debugfs);
 	misc_deregister(&aem_misc);
 }

@@ -32,7 +32,7 @@
 #include <linux/aem.h>
 #include <linux/capability.h>
 
-#define NTESTS 37
+#define NTESTS 38
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 static int test_no;
@@ -1186,6 +1186,60 @@ static void t_boost_rlimit(void)
 }
 
 /*
+ * upcall_syscalls: with only getppid() allowed, the doorbell of a raise is
+ * held through other system calls and taken on the return from getppid();
+ * lifting the restriction sends a held doorbell at once.
+ */
+static volatile sig_atomic_t upcalls;
+
+static void on_upcall(int sig)
+{
+	(void)sig;
+	upcalls++;
+}
+
+static void t_upcall_syscalls(void)
+{
+	const char *pu = "/sys/module/aem/parameters/upcall_syscalls";
+	struct aem_signal sg = { .size = sizeof(sg), .signo = SIGRTMIN + 5 };
+	struct sigaction sa = { .sa_handler = on_upcall };
+	struct aem_delivery d[2];
+	char num[16], got[64];
+	int fd, id, i, before, held, after, lifted;
+
+	snprintf(num, sizeof(num), "%d", SYS_getppid);
+	CHECK(write_param(pu, num) == 0, "set %s", pu);
+	CHECK(read_param(pu, got, sizeof(got)) == 0 && atoi(got) == SYS_getppid,
+	      "read back '%s'", got);
+	sigaction(SIGRTMIN + 5, &sa, NULL);
+	upcalls = 0;
+	fd = open("/dev/aem", O_RDWR | O_CLOEXEC);
+	id = fd >= 0 ? reg_soft(fd, 0) : -1;
+	if (id <= 0 || xioctl(fd, AEM_IOC_SET_SIGNAL, &sg)) {
+		write_param(pu, "all");
+		CHECK(0, "setup");
+	}
+	raise_ev(fd, id, 1, 0);
+	for (i = 0; i < 100; i++)
+		syscall(SYS_getpid);
+	before = upcalls;
+	syscall(SYS_getppid);
+	held = upcalls;
+	/* Drained: the doorbell re-arms; the next one is held again. */
+	drain(fd, d, 2);
+	raise_ev(fd, id, 1, 0);
+	after = upcalls;
+	write_param(pu, "all");	/* sends it on the way back */
+	lifted = upcalls;
+	drain(fd, d, 2);
+	close(fd);
+	signal(SIGRTMIN + 5, SIG_DFL);
+	CHECK(before == 0, "upcall after a disallowed call: %d", before);
+	CHECK(held == 1, "no upcall on return from getppid: %d", held);
+	CHECK(after == 1 && lifted == 2, "lifting: %d %d", after, lifted);
+}
+
+/*
  * POLLFREE: watch a signalfd whose sighand is shared with a
  * CLONE_SIGHAND child, exec (which gives us a fresh sighand, the old one
  * lives on in the child), then reap the child: the old sighand is freed
@@ -1733,6 +1787,11 @@ int main(int argc, char **argv)
 	} else {
 		t_boost(); report("priority_boost", NULL);
 		t_boost_rlimit(); report("priority_boost_rlimit", NULL);
+	}
+	if (access("/sys/module/aem/parameters/upcall_syscalls", W_OK)) {
+		report("upcall_syscalls", "no module parameters");
+	} else {
+		t_upcall_syscalls(); report("upcall_syscalls", NULL);
 	}
 	t_pollfree(); report("fd_pollfree_signalfd", NULL);
 	t_chaos(); report("concurrent_chaos", NULL);
