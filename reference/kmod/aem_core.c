@@ -305,7 +305,12 @@ struct aem_user {
  * @nregs:       entries in @regs (ctx->mutex)
  * @opener:      the thread that opened the context (referenced)
  * @user:        the opener's struct aem_user (referenced)
- * @boost_want:  a pending level >= boost_prio exists (ctx->lock)
+ * @boost_want:  a pending level >= boost_prio exists, or @boost_hold
+ *               (ctx->lock)
+ * @boost_hold:  AEM_IOC_WAIT popped a delivery at >= boost_prio and its
+ *               caller has not come back with another ioctl (it runs the
+ *               handler): the boost lasts until then (ctx->lock)
+ * @boost_hold_task: that caller (compared, never dereferenced)
  * @boost_work:  applies @boost_want from atomic context (sleepable)
  * @boost_mutex: serialises applying @boost_want (the work, or the ioctl
  *               that changed it) and the three fields below
@@ -346,6 +351,8 @@ struct aem_ctx {
 	struct task_struct *opener;
 	struct aem_user *user;
 	bool boost_want;
+	bool boost_hold;
+	struct task_struct *boost_hold_task;
 	struct work_struct boost_work;
 	struct mutex boost_mutex;	/* see @boost_mutex above */
 	struct task_struct *boosted;
@@ -707,8 +714,9 @@ static u32 aem_ring_refill(struct aem_ctx *ctx)
  * while something of priority >= boost_prio is pending, the context's
  * thread (the doorbell thread, else the opener) runs at nice
  * boost_ceiling, if that is better than its own; it is restored when
- * nothing that urgent is pending any more, unless someone changed its
- * nice value meanwhile. set_user_nice() checks no permission, so the
+ * nothing that urgent is pending any more and the handler of the last
+ * such delivery has run (@boost_hold), unless someone changed its nice
+ * value meanwhile. set_user_nice() checks no permission, so the
  * ceiling is the admin's (root-only module parameters), clamped to what
  * the thread's RLIMIT_NICE allows unless the opener had CAP_SYS_NICE (the
  * boost is never a way around the rlimit), and it never makes a thread
@@ -717,7 +725,8 @@ static u32 aem_ring_refill(struct aem_ctx *ctx)
 static void aem_boost_check(struct aem_ctx *ctx)
 {
 	unsigned int p = READ_ONCE(boost_prio);
-	bool want = p && p <= AEM_PRIO_MAX && (ctx->bitmap >> p);
+	bool want = p && p <= AEM_PRIO_MAX &&
+		    ((ctx->bitmap >> p) || ctx->boost_hold);
 
 	if (want != ctx->boost_want) {
 		ctx->boost_want = want;
@@ -781,6 +790,25 @@ static void aem_boost_sync(struct aem_ctx *ctx)
 {
 	if (cancel_work(&ctx->boost_work))
 		aem_boost_apply(ctx);
+}
+
+/*
+ * The thread that popped a boosting delivery is back (its handler ran):
+ * the boost it held may end with this ioctl.
+ */
+static void aem_boost_unhold(struct aem_ctx *ctx)
+{
+	unsigned long flags;
+
+	if (!READ_ONCE(ctx->boost_hold) ||
+	    READ_ONCE(ctx->boost_hold_task) != current)
+		return;
+	spin_lock_irqsave(&ctx->lock, flags);
+	if (ctx->boost_hold && ctx->boost_hold_task == current) {
+		ctx->boost_hold = false;
+		aem_boost_check(ctx);
+	}
+	spin_unlock_irqrestore(&ctx->lock, flags);
 }
 
 /* After pops: reap what got its final delivery. ctx->lock held. */
@@ -1560,6 +1588,7 @@ static int aem_ioc_raise(struct aem_ctx *ctx, void __user *uarg)
 static unsigned int aem_pop_batch(struct aem_ctx *ctx,
 				  struct aem_delivery *buf, unsigned int max)
 {
+	unsigned int p = READ_ONCE(boost_prio), i;
 	unsigned long flags;
 	unsigned int n = 0;
 
@@ -1568,6 +1597,18 @@ static unsigned int aem_pop_batch(struct aem_ctx *ctx,
 		n++;
 	if (!ctx->bitmap && list_empty(&ctx->recheck))
 		ctx->doorbell = false;	/* nothing left: re-arm */
+	/*
+	 * The handler of a boosting delivery runs boosted: unboosting here
+	 * would even make the scheduler preempt this thread on its way out
+	 * of the ioctl (set_user_nice() reschedules a running task whose
+	 * priority drops), in front of CPU hogs, before the handler starts.
+	 */
+	for (i = 0; p && i < n; i++) {
+		if (buf[i].prio >= p) {
+			ctx->boost_hold = true;
+			ctx->boost_hold_task = current;
+		}
+	}
 	aem_after_pop(ctx);
 	spin_unlock_irqrestore(&ctx->lock, flags);
 	return n;
@@ -1922,6 +1963,7 @@ static long aem_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		return -ENOTTY;
 	if (!aem_is_owner(ctx))
 		return -EOWNERDEAD;
+	aem_boost_unhold(ctx);
 	ret = aem_ioctl_op(ctx, cmd, (void __user *)arg);
 	/* A raise, pop or evctl may have changed the boost: apply it now. */
 	aem_boost_sync(ctx);

@@ -1111,7 +1111,7 @@ static void t_boost(void)
 	const char *bp = "/sys/module/aem/parameters/boost_prio";
 	const char *bc = "/sys/module/aem/parameters/boost_ceiling";
 	struct aem_delivery d[2];
-	int hi, lo, n0, n1, n2, n3;
+	int hi, lo, n0, n1, n2, n3, n4;
 
 	CHECK(write_param(bp, "50") == 0 && write_param(bc, "-5") == 0,
 	      "params");
@@ -1127,7 +1127,9 @@ static void t_boost(void)
 	raise_ev(dev_fd, hi, 1, 0);
 	n2 = getpriority(PRIO_PROCESS, 0);
 	wait_ev(dev_fd, d, 1, 0);	/* takes the urgent one only */
-	n3 = getpriority(PRIO_PROCESS, 0);
+	n3 = getpriority(PRIO_PROCESS, 0);	/* its handler would run now */
+	wait_ev(dev_fd, d, 1, 0);	/* back: takes the low one */
+	n4 = getpriority(PRIO_PROCESS, 0);
 	write_param(bp, "0");
 	write_param(bc, "0");
 	drain(dev_fd, d, 2);
@@ -1136,7 +1138,8 @@ static void t_boost(void)
 	CHECK(hi > 0 && lo > 0, "register");
 	CHECK(n0 == 0 && n1 == 0, "boosted by a low priority: %d %d", n0, n1);
 	CHECK(n2 == -5, "not boosted while urgent pending: nice %d", n2);
-	CHECK(n3 == 0, "not restored after delivery: nice %d", n3);
+	CHECK(n3 == -5, "not boosted while its handler runs: nice %d", n3);
+	CHECK(n4 == 0, "not restored after the handler: nice %d", n4);
 }
 
 /*

@@ -246,6 +246,8 @@ struct aem_delivery {
  * deliveries, highest priority first, FIFO within a priority, into the
  * array at @deliveries (stride @dsize). Returns how many (0 on timeout),
  * -EINTR on a signal. A delivery that cannot be copied out is put back.
+ * A delivery at or above aem_info.boost_prio keeps the boost until the
+ * caller's next ioctl on the context: its handler runs boosted.
  */
 struct aem_wait {
 	__u32 size;		/* sizeof(struct aem_wait) */
