@@ -311,6 +311,8 @@ struct aem_user {
  *               caller has not come back with another ioctl (it runs the
  *               handler): the boost lasts until then (ctx->lock)
  * @boost_hold_task: that caller (compared, never dereferenced)
+ * @boost_gen:   bumped when @boost_want changes (ctx->lock)
+ * @boost_applied: the @boost_gen last applied (boost_mutex)
  * @boost_work:  applies @boost_want from atomic context (sleepable)
  * @boost_mutex: serialises applying @boost_want (the work, or the ioctl
  *               that changed it) and the three fields below
@@ -353,6 +355,8 @@ struct aem_ctx {
 	bool boost_want;
 	bool boost_hold;
 	struct task_struct *boost_hold_task;
+	unsigned int boost_gen;
+	unsigned int boost_applied;
 	struct work_struct boost_work;
 	struct mutex boost_mutex;	/* see @boost_mutex above */
 	struct task_struct *boosted;
@@ -730,6 +734,7 @@ static void aem_boost_check(struct aem_ctx *ctx)
 
 	if (want != ctx->boost_want) {
 		ctx->boost_want = want;
+		WRITE_ONCE(ctx->boost_gen, ctx->boost_gen + 1);
 		schedule_work(&ctx->boost_work);
 	}
 }
@@ -748,12 +753,14 @@ static void aem_boost_apply(struct aem_ctx *ctx)
 {
 	struct task_struct *task;
 	unsigned long flags;
+	unsigned int gen;
 	int target;
 	bool want;
 
 	mutex_lock(&ctx->boost_mutex);
 	spin_lock_irqsave(&ctx->lock, flags);
 	want = ctx->boost_want;
+	gen = ctx->boost_gen;
 	task = get_task_struct(ctx->sig_task ? ctx->sig_task : ctx->opener);
 	spin_unlock_irqrestore(&ctx->lock, flags);
 
@@ -769,6 +776,7 @@ static void aem_boost_apply(struct aem_ctx *ctx)
 		set_user_nice(task, target);
 		ctx->boosted = get_task_struct(task);
 	}
+	WRITE_ONCE(ctx->boost_applied, gen);
 	mutex_unlock(&ctx->boost_mutex);
 	put_task_struct(task);
 }
@@ -788,8 +796,15 @@ static void aem_boost_fn(struct work_struct *work)
  */
 static void aem_boost_sync(struct aem_ctx *ctx)
 {
-	if (cancel_work(&ctx->boost_work))
-		aem_boost_apply(ctx);
+	/*
+	 * Applied already (by the work, or by nobody: nothing changed)? A
+	 * work that is running may have read an older state: then the
+	 * generations differ and this applies again (idempotent) after it.
+	 */
+	if (READ_ONCE(ctx->boost_applied) == READ_ONCE(ctx->boost_gen))
+		return;
+	cancel_work(&ctx->boost_work);
+	aem_boost_apply(ctx);
 }
 
 /*
