@@ -746,6 +746,8 @@ TEST_F(AEM_3_5_4, c2_RegistrationLimitPerUser) {
     read_exact(go.rd.get(), &c, 1);
     _exit(rc);
   }
+  ready.wr.reset();  // a holder that dies early gives EOF, not a hang
+  go.rd.reset();
   char c = 0;
   const bool held = read_exact(ready.rd.get(), &c, 1) && c == 'r';
   EXPECT_TRUE(held) << "the first process of uid " << kUid << " could not register " << kFirst;
