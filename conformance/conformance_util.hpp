@@ -18,14 +18,18 @@
 //    from the environment is set in a forked child only.
 #pragma once
 
+#include <fcntl.h>
 #include <inttypes.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cinttypes>
 #include <cstdio>
 #include <fstream>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -319,6 +323,98 @@ class ChildReport {
   Pipe pipe_;
 };
 
+// ---------------------------------------------------------------------------
+// Kernel policy of the kmod backend. The administrator's policy and limits
+// are the module parameters of aem.ko (/sys/module/aem/parameters/<name>,
+// root-only); the user backend reads its policy from the environment
+// instead (set in a forked child). KmodParam sets one parameter for its
+// lifetime and restores the previous value on destruction, in the parent:
+// a child that crashes cannot leave the policy changed for later tests.
+
+inline std::string kmod_param_path(const std::string& name) {
+  return "/sys/module/aem/parameters/" + name;
+}
+
+// True when this process may set the kmod backend's policy (root in the
+// guest, the module loaded).
+inline bool kmod_policy_writable() {
+  return access(kmod_param_path("max_regs").c_str(), W_OK) == 0;
+}
+
+inline bool read_kmod_param(const std::string& name, std::string& out) {
+  std::ifstream f(kmod_param_path(name));
+  return static_cast<bool>(std::getline(f, out));
+}
+
+inline bool write_kmod_param(const std::string& name, const std::string& value) {
+  int fd = open(kmod_param_path(name).c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  const bool ok = write(fd, value.data(), value.size()) == static_cast<ssize_t>(value.size());
+  close(fd);
+  return ok;
+}
+
+class KmodParam {
+ public:
+  KmodParam(std::string name, const std::string& value) : name_(std::move(name)) {
+    if (!read_kmod_param(name_, saved_)) return;
+    ok_ = write_kmod_param(name_, value);
+    if (ok_) ::testing::Test::RecordProperty("policy." + name_, value);
+  }
+  ~KmodParam() {
+    if (ok_) write_kmod_param(name_, saved_);
+  }
+  KmodParam(const KmodParam&) = delete;
+  KmodParam& operator=(const KmodParam&) = delete;
+  bool ok() const { return ok_; }
+
+ private:
+  std::string name_, saved_;
+  bool ok_ = false;
+};
+
+// Several parameters, each restored when the policy goes out of scope.
+class KmodPolicy {
+ public:
+  bool set(const std::string& name, const std::string& value) {
+    params_.push_back(std::make_unique<KmodParam>(name, value));
+    return params_.back()->ok();
+  }
+  ~KmodPolicy() { reset(); }
+  // Restores every parameter now, the last set first.
+  void reset() {
+    while (!params_.empty()) params_.pop_back();
+  }
+
+ private:
+  std::vector<std::unique_ptr<KmodParam>> params_;
+};
+
+// What the loaded modules offer (AEM_IOC_INFO on a context of its own, not
+// the library's). Zeroed when /dev/aem cannot be opened.
+inline aem_info kmod_info() {
+  aem_info info{};
+  info.size = sizeof info;
+  int fd = open("/dev/aem", O_RDWR | O_CLOEXEC);
+  if (fd < 0) return aem_info{};
+  if (ioctl(fd, AEM_IOC_INFO, &info) != 0) info = aem_info{};
+  close(fd);
+  return info;
+}
+
+// Kernel memory held in slab caches (/proc/meminfo Slab), bytes.
+inline long slab_bytes() {
+  std::ifstream f("/proc/meminfo");
+  std::string key;
+  long kb = 0;
+  std::string unit;
+  while (f >> key >> kb) {
+    std::getline(f, unit);
+    if (key == "Slab:") return kb * 1024;
+  }
+  return -1;
+}
+
 // The fixture of every conformance test: no context before, none after.
 class ConformanceTest : public AemTest {};
 
@@ -330,3 +426,28 @@ class ConformanceTest : public AemTest {};
   do {                                                                        \
     if (::conf::on_user_backend()) GTEST_SKIP() << "user backend: " << why;   \
   } while (0)
+
+// On the kmod backend: sets module parameter `name` of aem.ko to `value`
+// in `policy` (a KmodPolicy: restored when it goes out of scope); skips
+// the test when the policy cannot be set (not root, no module parameters):
+// a policy that is not in force must not pass.
+#define CONF_KMOD_SET(policy, name, value)                                                    \
+  do {                                                                                        \
+    if (!(policy).set(name, value))                                                           \
+      GTEST_SKIP() << "kmod backend: the policy is aem.ko's module parameter " << (name)     \
+                   << ", which this process cannot set (needs root in the guest)";            \
+  } while (0)
+
+// The boost policy. User backend: AEM_BOOST_CEILING (nice steps) in the
+// child's environment, set by the child. kmod backend: the administrator's
+// policy, aem.ko's boost_prio (pending at or above it boosts) and
+// boost_ceiling (the nice value of a boosted thread), set here in the
+// parent and restored when `policy` goes out of scope. Both boost for a
+// priority above AEM_PRIO_DEFAULT, by at most `steps` nice steps from this
+// thread's nice value (which the child inherits).
+#define CONF_BOOST_POLICY(policy, steps)                                                  \
+  ::conf::KmodPolicy policy;                                                              \
+  if (::conf::on_kmod_backend()) {                                                        \
+    CONF_KMOD_SET(policy, "boost_prio", std::to_string(AEM_PRIO_DEFAULT + 1));           \
+    CONF_KMOD_SET(policy, "boost_ceiling", std::to_string(::conf::nice_of(::aemtest::tid()) - (steps)));     \
+  }

@@ -207,6 +207,7 @@ constexpr int kCannot = 77;
 
 void prio_probe(int, uint64_t, uint64_t) {}
 
+
 // Registers on this thread, raises from another thread, reads this thread's
 // scheduling attributes from the other thread while the event is pending.
 struct BoostObservation {
@@ -238,6 +239,7 @@ int observe_boost(BoostObservation& o, unsigned long flags) {
 TEST_F(AEM_3_2_2, c1_PendingHighPriorityEventRaisesTheThreadPriority) {
   AEM_REQ("AEM-3.2.2");
   KeepNice keep;
+  CONF_BOOST_POLICY(policy, 10);
   ChildReport rep;
   int rc = run_in_child([&rep] {
     if (!can_lower_nice()) return kCannot;
@@ -257,10 +259,12 @@ TEST_F(AEM_3_2_2, c1_PendingHighPriorityEventRaisesTheThreadPriority) {
 TEST_F(AEM_3_2_2, c2_PriorityRestoredAfterTheHandler) {
   AEM_REQ("AEM-3.2.2");
   KeepNice keep;
+  CONF_BOOST_POLICY(policy, 10);
   int rc = run_in_child([] {
     if (!can_lower_nice()) return kCannot;
     BoostObservation o;
     if (int r = observe_boost(o, AEM_PRIO(AEM_PRIO_MAX))) return r;
+    CHILD_CHECK(o.pending_nice < o.base_nice);  // there was a boost to restore
     CHILD_CHECK(o.after_nice == o.base_nice);
     CHILD_CHECK(o.after.ok && o.base.ok);
     CHILD_CHECK(o.after.policy == o.base.policy);
@@ -289,6 +293,7 @@ bool drop_cap_sys_nice() {
 TEST_F(AEM_3_2_2, c3_BoostNeverExceedsTheConfiguredCeiling) {
   AEM_REQ("AEM-3.2.2");
   KeepNice keep;
+  CONF_BOOST_POLICY(policy, 3);
   ChildReport rep;
   int rc = run_in_child([&rep] {
     setenv("AEM_BOOST_CEILING", "3", 1);
@@ -309,6 +314,7 @@ TEST_F(AEM_3_2_2, c3_BoostNeverExceedsTheConfiguredCeiling) {
 TEST_F(AEM_3_2_2, c3_NeverRealtimeWithoutPrivilege) {
   AEM_REQ("AEM-3.2.2");
   KeepNice keep;
+  CONF_BOOST_POLICY(policy, 10);
   EXPECT_CHILD_OK([] {
     // No CAP_SYS_NICE and RLIMIT_RTPRIO 0: SCHED_FIFO/RR are out of reach.
     rlimit rt{0, 0};
@@ -329,6 +335,7 @@ TEST_F(AEM_3_2_2, c3_NeverRealtimeWithoutPrivilege) {
 TEST_F(AEM_3_2_2, c4_BoostedLatencyUnderCpuHogsAtMostTwiceUnloaded) {
   AEM_REQ("AEM-3.2.2");
   KeepNice keep;
+  CONF_BOOST_POLICY(policy, 10);
   ChildReport rep;
   int rc = run_in_child([&rep] {
     if (!can_lower_nice()) return kCannot;

@@ -224,8 +224,15 @@ int pending_limit_child(int max_pending, int regs, int rounds, ChildReport* rep)
   return 0;
 }
 
+// The pending limit P: AEM_MAX_PENDING in the child's environment (user
+// backend, set by pending_limit_child), aem.ko's max_pending (kmod).
+#define CONF_PENDING_LIMIT(policy, p)                                                  \
+  KmodPolicy policy;                                                                   \
+  if (on_kmod_backend()) CONF_KMOD_SET(policy, "max_pending", std::to_string(p))
+
 TEST_F(AEM_3_5_1, c3_AtThePendingLimitOccurrencesAreHeldAndNotified) {
   AEM_REQ("AEM-3.5.1");
+  CONF_PENDING_LIMIT(policy, 4);
   ChildReport rep;
   const int rc = run_in_child([&rep] { return pending_limit_child(4, 50, 3, &rep); });
   rep.collect();
@@ -490,9 +497,55 @@ TEST_F(AEM_3_5_2, c5_WithoutAnErrorHandlerErrorsAreStillRecorded) {
 
 class AEM_3_5_3 : public ConformanceTest {};
 
+bool refused(int r) { return (r == -EPERM && errno == EPERM) || (r == -EACCES && errno == EACCES); }
+
+// kmod: the administrator's policy is aem.ko's allowed_types. The socket
+// types are checked when the kernel serves them (AEM_IOC_INFO types): a
+// family that is not loaded is -EOPNOTSUPP whatever the policy.
+void kmod_forbidden_type_refused() {
+  KmodPolicy policy;
+  CONF_KMOD_SET(policy, "allowed_types", std::to_string((1u << AEM_EV_SOFT) | (1u << AEM_EV_READ)));
+  const aem_info info = kmod_info();
+  constexpr unsigned kSockets = (1u << AEM_EV_ACCEPT) | (1u << AEM_EV_READ) | (1u << AEM_EV_CLOSE) |
+                                (1u << AEM_EV_SK) | (1u << AEM_EV_SOCK);
+  const bool sockets = (info.types & kSockets) == kSockets;
+  measure("socket_types_checked", sockets ? 1 : 0);
+  EXPECT_CHILD_OK([sockets] {
+    Pipe p;
+    timespec v{1, 0};
+    errno = 0;
+    CHILD_CHECK(refused(evtimer(&v, nullptr, 0, noop_timer)));
+    errno = 0;
+    CHILD_CHECK(refused(evfd(p.rd.get(), POLLIN, 0, noop_fd)));
+    CHILD_CHECK(evsoft(0, noop_soft) > 0);
+    if (sockets) {
+      TcpPair tp;
+      CHILD_CHECK(tp.ok());
+      Fd l = tcp_listener();
+      errno = 0;
+      CHILD_CHECK(refused(sockasync_accept(l.get(), nullptr, nullptr, 0, [](int, int, int) {})));
+      errno = 0;
+      CHILD_CHECK(refused(sockasync_close(tp.server.get(), 0, [](int, int) {})));
+      errno = 0;
+      CHILD_CHECK(refused(sockasync_sk(tp.server.get(), 0, [](int, int, int, int) {})));
+      errno = 0;
+      CHILD_CHECK(refused(sockasync_sock(tp.server.get(), 0, [](int, int, unsigned) {})));
+      CHILD_CHECK(sockasync_read(tp.server.get(), 0, noop_read) > 0);
+    }
+    return 0;
+  });
+  // The policy is lifted: the same process may register a timer again.
+  policy.reset();
+  EXPECT_CHILD_OK([] {
+    timespec v{1, 0};
+    CHILD_CHECK(evtimer(&v, nullptr, 0, noop_timer) > 0);
+    return 0;
+  });
+}
+
 TEST_F(AEM_3_5_3, c1_ForbiddenEventTypeRefused) {
   AEM_REQ("AEM-3.5.3");
-  if (!on_user_backend()) GTEST_SKIP() << "the policy of the " << backend() << " backend is not set by this suite yet";
+  if (on_kmod_backend()) return kmod_forbidden_type_refused();
   EXPECT_CHILD_OK([] {
     setenv("AEM_ALLOWED_TYPES", "soft,read", 1);
     Pipe p;
@@ -500,7 +553,6 @@ TEST_F(AEM_3_5_3, c1_ForbiddenEventTypeRefused) {
     CHILD_CHECK(tp.ok());
     Fd l = tcp_listener();
     timespec v{1, 0};
-    auto refused = [](int r) { return (r == -EPERM && errno == EPERM) || (r == -EACCES && errno == EACCES); };
     errno = 0;
     CHILD_CHECK(refused(evtimer(&v, nullptr, 0, noop_timer)));
     errno = 0;
@@ -521,9 +573,10 @@ TEST_F(AEM_3_5_3, c1_ForbiddenEventTypeRefused) {
 
 TEST_F(AEM_3_5_3, c2_ForbiddenExecutorRefused) {
   AEM_REQ("AEM-3.5.3");
-  if (!on_user_backend()) GTEST_SKIP() << "the policy of the " << backend() << " backend is not set by this suite yet";
+  KmodPolicy policy;  // kmod: aem.ko's allowed_exec, bit (1 << AEM_EXEC_x)
+  if (on_kmod_backend()) CONF_KMOD_SET(policy, "allowed_exec", std::to_string(1u << AEM_EXEC_SAME));
   EXPECT_CHILD_OK([] {
-    setenv("AEM_ALLOWED_EXECUTORS", "same", 1);
+    setenv("AEM_ALLOWED_EXECUTORS", "same", 1);  // the user backend's policy
     errno = 0;
     int r = evsoft(AEM_EXEC_PROCESS, noop_soft);
     CHILD_CHECK((r == -EPERM || r == -EACCES) && errno == -r);
@@ -540,8 +593,39 @@ TEST_F(AEM_3_5_3, c3_HandlerUpcallsRestrictedToAllowedSystemCalls) {
   CONF_SKIP_ON_USER_BACKEND(
       "handlers run only in aem_dispatch()/enter_keepalive() or from the doorbell signal, never on "
       "the return from an arbitrary system call, so there is no system-call policy to enforce");
-  ADD_FAILURE() << "<linux/aem.h> offers no system-call policy for handler upcalls on the " << backend()
-                << " backend";
+  // kmod: asynchronous handlers start from the kernel's doorbell signal,
+  // taken on the thread's next return to user space. The administrator's
+  // policy aem.ko upcall_syscalls (native syscall numbers) restricts that
+  // to the return from the listed calls: here getppid() only. The raise
+  // comes from another thread; this thread then makes other system calls
+  // (the join's futex, getpid, a pipe round trip): no handler may start;
+  // on the return from getppid() it has run, exactly once.
+  KmodPolicy policy;
+  CONF_KMOD_SET(policy, "upcall_syscalls", std::to_string(SYS_getppid));
+  ChildReport rep;
+  const int rc = run_in_child([&rep] {
+    static std::atomic<int> calls;
+    calls = 0;
+    const int id = evsoft(0, [](int, uint64_t, uint64_t) { calls.fetch_add(1); });
+    CHILD_CHECK(id > 0);
+    CHILD_CHECK(aem_set_async(1) == 0);
+    std::thread([id] { evsoft_raise(id, 0); }).join();
+    for (int i = 0; i < 1000; ++i) (void)syscall(SYS_getpid);
+    Pipe p;
+    char c = 'x';
+    CHILD_CHECK(write_all(p.wr.get(), &c, 1) && read_exact(p.rd.get(), &c, 1));
+    const int before = calls.load();
+    (void)syscall(SYS_getppid);
+    const int after = calls.load();
+    rep.put("upcalls_after_disallowed_syscalls", static_cast<uint64_t>(before));
+    rep.put("upcalls_after_allowed_syscall", static_cast<uint64_t>(after));
+    CHILD_CHECK(before == 0);
+    CHILD_CHECK(after == 1);
+    CHILD_CHECK(aem_set_async(0) == 0);
+    return 0;
+  });
+  rep.collect();
+  EXPECT_EQ(rc, 0);
 }
 
 TEST_F(AEM_3_5_3, c4_UnprivilegedProcessCannotChangeThePolicy) {
@@ -568,6 +652,7 @@ TEST_F(AEM_3_5_3, c4_UnprivilegedProcessCannotChangeThePolicy) {
 TEST_F(AEM_3_5_3, c4_BoostCannotExceedTheProcessSchedulingLimits) {
   AEM_REQ("AEM-3.5.3");
   KeepNice keep;
+  CONF_BOOST_POLICY(policy, 10);  // a boost is in force: it must stop at the limits
   EXPECT_CHILD_OK([] {
     // No CAP_SYS_NICE, RLIMIT_NICE 0, nice 5: the process may not go below 5.
     rlimit rl{0, 0};
@@ -611,10 +696,11 @@ class AEM_3_5_4 : public ConformanceTest {};
 
 TEST_F(AEM_3_5_4, c1_RegistrationLimitPerContext) {
   AEM_REQ("AEM-3.5.4");
-  if (!on_user_backend()) GTEST_SKIP() << "the limits of the " << backend() << " backend are not set by this suite yet";
+  constexpr int kN = 7;
+  KmodPolicy policy;  // kmod: aem.ko's max_regs
+  if (on_kmod_backend()) CONF_KMOD_SET(policy, "max_regs", std::to_string(kN));
   EXPECT_CHILD_OK([] {
-    constexpr int kN = 7;
-    setenv("AEM_MAX_REGISTRATIONS", std::to_string(kN).c_str(), 1);
+    setenv("AEM_MAX_REGISTRATIONS", std::to_string(kN).c_str(), 1);  // the user backend's
     std::vector<int> ids;
     for (int i = 0; i < kN; ++i) {
       int id = evsoft(0, noop_soft);
@@ -639,12 +725,66 @@ TEST_F(AEM_3_5_4, c2_RegistrationLimitPerUser) {
   CONF_SKIP_ON_USER_BACKEND(
       "each process's context lives in its own address space; the user backend keeps no per-user "
       "accounting across processes (max_regs_per_user is a kernel module limit)");
-  FAIL() << "the per-user limit test for the " << backend() << " backend is not written yet";
+  // kmod: aem.ko's max_regs_per_user, counted per effective uid of the
+  // opener over all its contexts. Two processes of one uid share N; a
+  // process of another uid is not affected.
+  constexpr int kN = 6, kFirst = 4;
+  constexpr uid_t kUid = 65534, kOther = 65533;
+  KmodPolicy policy;
+  CONF_KMOD_SET(policy, "max_regs_per_user", std::to_string(kN));
+  // The first process holds kFirst registrations until told to go.
+  Pipe ready, go;
+  const pid_t holder = fork();
+  ASSERT_GE(holder, 0);
+  if (holder == 0) {
+    int rc = 0;
+    if (setgid(kUid) != 0 || setuid(kUid) != 0) rc = 10;
+    for (int i = 0; rc == 0 && i < kFirst; ++i)
+      if (evsoft(0, noop_soft) <= 0) rc = 11 + i;
+    char c = rc ? 'x' : 'r';
+    write_all(ready.wr.get(), &c, 1);
+    read_exact(go.rd.get(), &c, 1);
+    _exit(rc);
+  }
+  ready.wr.reset();  // a holder that dies early gives EOF, not a hang
+  go.rd.reset();
+  char c = 0;
+  const bool held = read_exact(ready.rd.get(), &c, 1) && c == 'r';
+  EXPECT_TRUE(held) << "the first process of uid " << kUid << " could not register " << kFirst;
+  if (held) {
+    // A second process of the same uid gets the rest of N, then a clear error.
+    EXPECT_CHILD_OK([] {
+      CHILD_CHECK(setgid(kUid) == 0 && setuid(kUid) == 0);
+      for (int i = kFirst; i < kN; ++i) CHILD_CHECK(evsoft(0, noop_soft) > 0);
+      errno = 0;
+      int r = evsoft(0, noop_soft);
+      CHILD_CHECK(r < 0 && errno == -r);
+      timespec v{1, 0};
+      CHILD_CHECK(evtimer(&v, nullptr, 0, noop_timer) < 0);
+      return 0;
+    });
+    // Another uid is not affected: N of its own.
+    EXPECT_CHILD_OK([] {
+      CHILD_CHECK(setgid(kOther) == 0 && setuid(kOther) == 0);
+      for (int i = 0; i < kN; ++i) CHILD_CHECK(evsoft(0, noop_soft) > 0);
+      return 0;
+    });
+  }
+  write_all(go.wr.get(), "g", 1);
+  int st = 0;
+  ASSERT_EQ(waitpid(holder, &st, 0), holder);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "holder status " << st;
+  // The holder's registrations went with it: the uid has N again.
+  EXPECT_CHILD_OK([] {
+    CHILD_CHECK(setgid(kUid) == 0 && setuid(kUid) == 0);
+    for (int i = 0; i < kN; ++i) CHILD_CHECK(evsoft(0, noop_soft) > 0);
+    return 0;
+  });
 }
 
 TEST_F(AEM_3_5_4, c3_PendingLimitHoldsCountsAndNotifies) {
   AEM_REQ("AEM-3.5.4");
-  if (!on_user_backend()) GTEST_SKIP() << "the limits of the " << backend() << " backend are not set by this suite yet";
+  CONF_PENDING_LIMIT(policy, 2);
   ChildReport rep;
   const int rc = run_in_child([&rep] { return pending_limit_child(2, 20, 4, &rep); });
   rep.collect();
@@ -653,9 +793,13 @@ TEST_F(AEM_3_5_4, c3_PendingLimitHoldsCountsAndNotifies) {
 
 TEST_F(AEM_3_5_4, c4_EventTypeAndExecutorLimits) {
   AEM_REQ("AEM-3.5.4");
-  if (!on_user_backend()) GTEST_SKIP() << "the limits of the " << backend() << " backend are not set by this suite yet";
+  KmodPolicy policy;  // kmod: aem.ko's allowed_types and allowed_exec
+  if (on_kmod_backend()) {
+    CONF_KMOD_SET(policy, "allowed_types", std::to_string((1u << AEM_EV_TIMER) | (1u << AEM_EV_FD)));
+    CONF_KMOD_SET(policy, "allowed_exec", std::to_string((1u << AEM_EXEC_SAME) | (1u << AEM_EXEC_PROCESS)));
+  }
   EXPECT_CHILD_OK([] {
-    setenv("AEM_ALLOWED_TYPES", "timer,fd", 1);
+    setenv("AEM_ALLOWED_TYPES", "timer,fd", 1);  // the user backend's
     setenv("AEM_ALLOWED_EXECUTORS", "same,process", 1);
     Pipe p;
     timespec v{1, 0};
@@ -676,7 +820,44 @@ TEST_F(AEM_3_5_4, c5_ArenaBeyondRlimitMemlockRefused) {
   CONF_SKIP_ON_USER_BACKEND(
       "the user backend's arena is ordinary pageable memory (MAP_SHARED|MAP_NORESERVE), not locked: "
       "RLIMIT_MEMLOCK does not apply to it");
-  FAIL() << "the RLIMIT_MEMLOCK test for the " << backend() << " backend is not written yet";
+  // kmod: the event memory mapped into the process is the completion ring
+  // (AEM_IOC_RING_SETUP), locked kernel pages charged to the user's
+  // RLIMIT_MEMLOCK unless the caller has CAP_IPC_LOCK. With a limit of
+  // 64 KiB, a ring of 4096 entries (about 260 KiB) is refused with a
+  // negative errno, a ring of one page is not, and the library still works.
+  constexpr rlim_t kLimit = 64 * 1024;
+  ChildReport rep;
+  const int rc = run_in_child([&rep] {
+    __user_cap_header_struct hdr{_LINUX_CAPABILITY_VERSION_3, 0};
+    __user_cap_data_struct data[2]{};
+    CHILD_CHECK(syscall(SYS_capget, &hdr, data) == 0);
+    data[0].effective &= ~(1u << CAP_IPC_LOCK);
+    data[0].permitted &= ~(1u << CAP_IPC_LOCK);
+    data[0].inheritable &= ~(1u << CAP_IPC_LOCK);
+    CHILD_CHECK(syscall(SYS_capset, &hdr, data) == 0);
+    rlimit rl{kLimit, kLimit};
+    CHILD_CHECK(setrlimit(RLIMIT_MEMLOCK, &rl) == 0);
+    Fd dev(open("/dev/aem", O_RDWR | O_CLOEXEC));
+    CHILD_CHECK(dev.get() >= 0);
+    aem_ring_setup big{};
+    big.size = sizeof big;
+    big.entries = 4096;
+    errno = 0;
+    const int r = ioctl(dev.get(), AEM_IOC_RING_SETUP, &big);
+    const int e = errno;
+    rep.put("ring_bytes_refused", static_cast<uint64_t>(256 + 4096 * sizeof(aem_delivery)));
+    rep.put("rlimit_memlock", static_cast<uint64_t>(kLimit));
+    rep.put("refused_errno", static_cast<uint64_t>(e));
+    CHILD_CHECK(r < 0 && e != 0);
+    aem_ring_setup small{};
+    small.size = sizeof small;
+    small.entries = 16;
+    CHILD_CHECK(ioctl(dev.get(), AEM_IOC_RING_SETUP, &small) == 0);
+    CHILD_CHECK(evsoft(0, noop_soft) > 0);  // the library's context is not affected
+    return 0;
+  });
+  rep.collect();
+  EXPECT_EQ(rc, 0);
 }
 
 }  // namespace

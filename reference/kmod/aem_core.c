@@ -37,7 +37,8 @@
  *    leaf locks at most: no wake-up, no signal, no family callback.
  *
  * Lock order: aem_family_lock -> ctx->mutex -> (family locks,
- * hrtimer base, wait-queue head locks) -> ctx->lock.
+ * hrtimer base, wait-queue head locks) -> ctx->lock;
+ * ctx->boost_mutex -> ctx->lock.
  * A family may call aem_activate() with its own lock or a wait-queue head
  * lock held (wq_head->lock -> ctx->lock), exactly like ep_poll_callback().
  * Because activation can happen under a wait-queue head lock or under
@@ -50,10 +51,13 @@
  *
  * Deferred work: ctx->kick (irq_work: wake-ups and the doorbell signal),
  * ctx->reap_work (destroys registrations whose final delivery was taken;
- * takes ctx->mutex) and ctx->boost_work (set_user_nice(), sleepable; its
- * own fields are only touched by itself and by ->release() after
- * cancel_work_sync()). All three are queued under ctx->lock, which is
- * fine: queueing takes only leaf locks.
+ * takes ctx->mutex) and ctx->boost_work (set_user_nice(), sleepable). A
+ * boost change is applied by that work or, when an ioctl caused it, by
+ * the ioctl itself on its way out (aem_boost_sync(), no other AEM lock
+ * held); both take ctx->boost_mutex, a leaf apart from ctx->lock inside
+ * it; ->release() touches the boost fields after cancel_work_sync().
+ * All three are queued under ctx->lock, which is fine: queueing takes
+ * only leaf locks.
  *
  * Lifetime: the file owns the context. ->release() destroys every
  * registration (family teardown first, so no activation can follow), then
@@ -64,6 +68,7 @@
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
+#include <linux/bitmap.h>
 #include <linux/bitops.h>
 #include <linux/cred.h>
 #include <linux/debugfs.h>
@@ -83,13 +88,16 @@
 #include <linux/sched/prio.h>
 #include <linux/sched/signal.h>
 #include <linux/sched/task.h>
+#include <linux/sched/user.h>
 #include <linux/slab.h>
 #include <linux/spinlock.h>
+#include <linux/tracepoint.h>
 #include <linux/uaccess.h>
 #include <linux/vmalloc.h>
 #include <linux/wait.h>
 #include <linux/workqueue.h>
 #include <linux/xarray.h>
+#include <asm/syscall.h>
 
 #include "aem_family.h"
 #include "aem_fault.h"
@@ -186,7 +194,10 @@ struct aem_pnode {
  *              (ctx->lock)
  * @timeout:    AEM_CTL_SET_TIMEOUT, 0: none (ctx->mutex to set)
  * @last_act:   time of the last activation, for the timeout (ctx->lock)
- * @tmo_timer:  the timeout timer
+ * @tmo:        the timeout timer, allocated by the first
+ *              AEM_CTL_SET_TIMEOUT (ctx->mutex): most registrations never
+ *              have one, and an embedded hrtimer would push every
+ *              registration from kmalloc-192 into kmalloc-256
  * @stats:      AEM_CTL_STATS counters (ctx->lock)
  * @priv:       family state, @fam->priv_size bytes
  */
@@ -207,7 +218,7 @@ struct aem_event {
 	struct list_head recheck_link;
 	ktime_t timeout;
 	ktime_t last_act;
-	struct hrtimer tmo_timer;
+	struct aem_tmo *tmo;
 	struct {
 		u64 activations;
 		u64 deliveries;
@@ -219,6 +230,16 @@ struct aem_event {
 };
 
 /**
+ * struct aem_tmo - the timeout timer of a registration
+ * @timer: expires when the registration was not activated for its timeout
+ * @reg:   the registration
+ */
+struct aem_tmo {
+	struct hrtimer timer;
+	struct aem_event *reg;
+};
+
+/**
  * struct aem_ring - the mmap'd completion ring
  * @mem:     vmalloc_user() memory: header, then the entries
  * @size:    bytes of @mem (page multiple)
@@ -226,10 +247,16 @@ struct aem_event {
  * @ents:    entry array at AEM_RING_ENTRIES_OFF
  * @entries: number of entries (power of two)
  * @ktail:   the kernel's private tail; hdr->tail is only written
+ * @user:    the user its pages are charged to (RLIMIT_MEMLOCK, like
+ *           io_uring's rings), referenced; NULL: not charged
+ *           (CAP_IPC_LOCK)
+ * @pages:   pages charged to @user->locked_vm
  */
 struct aem_ring {
 	void *mem;
 	size_t size;
+	struct user_struct *user;
+	unsigned long pages;
 	struct aem_ring_hdr *hdr;
 	struct aem_delivery *ents;
 	u32 entries;
@@ -278,15 +305,29 @@ struct aem_user {
  * @nregs:       entries in @regs (ctx->mutex)
  * @opener:      the thread that opened the context (referenced)
  * @user:        the opener's struct aem_user (referenced)
- * @boost_want:  a pending level >= boost_prio exists (ctx->lock)
- * @boost_work:  applies @boost_want: sleepable, serialised by the wq
- * @boosted:     the thread we boosted, referenced, or NULL (boost_work)
- * @boost_nice:  the nice value we set (boost_work)
- * @saved_nice:  its nice value before (boost_work)
+ * @boost_want:  a pending level >= boost_prio exists, or @boost_hold
+ *               (ctx->lock)
+ * @boost_hold:  AEM_IOC_WAIT popped a delivery at >= boost_prio and its
+ *               caller has not come back with another ioctl (it runs the
+ *               handler): the boost lasts until then (ctx->lock)
+ * @boost_hold_task: that caller (compared, never dereferenced)
+ * @boost_gen:   bumped when @boost_want changes (ctx->lock)
+ * @boost_applied: the @boost_gen last applied (boost_mutex)
+ * @boost_work:  applies @boost_want from atomic context (sleepable)
+ * @boost_mutex: serialises applying @boost_want (the work, or the ioctl
+ *               that changed it) and the three fields below
+ * @boosted:     the thread we boosted, referenced, or NULL (boost_mutex)
+ * @boost_nice:  the nice value we set (boost_mutex)
+ * @saved_nice:  its nice value before (boost_mutex)
  * @may_nice:    the opener had CAP_SYS_NICE: the ceiling is not clamped to
  *               RLIMIT_NICE (set at open, read by boost_work)
  * @tgid:        the owning thread group (referenced)
  * @mm:          the owning mm (mmgrab()ed)
+ * @deferred_link: on aem_deferred while a doorbell signal waits for its
+ *               thread's return from an allowed system call
+ *               (aem_deferred_lock, as are the next two)
+ * @deferred_task: the thread it goes to (ctx->sig_task at the time)
+ * @deferred_signo: the signal
  */
 struct aem_ctx {
 	spinlock_t lock;		/* see LOCKING */
@@ -312,13 +353,21 @@ struct aem_ctx {
 	struct task_struct *opener;
 	struct aem_user *user;
 	bool boost_want;
+	bool boost_hold;
+	struct task_struct *boost_hold_task;
+	unsigned int boost_gen;
+	unsigned int boost_applied;
 	struct work_struct boost_work;
+	struct mutex boost_mutex;	/* see @boost_mutex above */
 	struct task_struct *boosted;
 	int boost_nice;
 	int saved_nice;
 	bool may_nice;
 	struct pid *tgid;
 	struct mm_struct *mm;
+	struct list_head deferred_link;
+	struct task_struct *deferred_task;
+	int deferred_signo;
 };
 
 static const struct file_operations aem_fops;
@@ -669,8 +718,9 @@ static u32 aem_ring_refill(struct aem_ctx *ctx)
  * while something of priority >= boost_prio is pending, the context's
  * thread (the doorbell thread, else the opener) runs at nice
  * boost_ceiling, if that is better than its own; it is restored when
- * nothing that urgent is pending any more, unless someone changed its
- * nice value meanwhile. set_user_nice() checks no permission, so the
+ * nothing that urgent is pending any more and the handler of the last
+ * such delivery has run (@boost_hold), unless someone changed its nice
+ * value meanwhile. set_user_nice() checks no permission, so the
  * ceiling is the admin's (root-only module parameters), clamped to what
  * the thread's RLIMIT_NICE allows unless the opener had CAP_SYS_NICE (the
  * boost is never a way around the rlimit), and it never makes a thread
@@ -679,10 +729,12 @@ static u32 aem_ring_refill(struct aem_ctx *ctx)
 static void aem_boost_check(struct aem_ctx *ctx)
 {
 	unsigned int p = READ_ONCE(boost_prio);
-	bool want = p && p <= AEM_PRIO_MAX && (ctx->bitmap >> p);
+	bool want = p && p <= AEM_PRIO_MAX &&
+		    ((ctx->bitmap >> p) || ctx->boost_hold);
 
 	if (want != ctx->boost_want) {
 		ctx->boost_want = want;
+		WRITE_ONCE(ctx->boost_gen, ctx->boost_gen + 1);
 		schedule_work(&ctx->boost_work);
 	}
 }
@@ -697,16 +749,18 @@ static void aem_unboost(struct aem_ctx *ctx)
 	ctx->boosted = NULL;
 }
 
-static void aem_boost_fn(struct work_struct *work)
+static void aem_boost_apply(struct aem_ctx *ctx)
 {
-	struct aem_ctx *ctx = container_of(work, struct aem_ctx, boost_work);
 	struct task_struct *task;
 	unsigned long flags;
+	unsigned int gen;
 	int target;
 	bool want;
 
+	mutex_lock(&ctx->boost_mutex);
 	spin_lock_irqsave(&ctx->lock, flags);
 	want = ctx->boost_want;
+	gen = ctx->boost_gen;
 	task = get_task_struct(ctx->sig_task ? ctx->sig_task : ctx->opener);
 	spin_unlock_irqrestore(&ctx->lock, flags);
 
@@ -722,7 +776,54 @@ static void aem_boost_fn(struct work_struct *work)
 		set_user_nice(task, target);
 		ctx->boosted = get_task_struct(task);
 	}
+	WRITE_ONCE(ctx->boost_applied, gen);
+	mutex_unlock(&ctx->boost_mutex);
 	put_task_struct(task);
+}
+
+static void aem_boost_fn(struct work_struct *work)
+{
+	aem_boost_apply(container_of(work, struct aem_ctx, boost_work));
+}
+
+/*
+ * Process context, no AEM lock held: apply a boost change queued by the
+ * ioctl that just ran (a raise, a pop, an evctl) now, instead of when the
+ * work item gets a CPU. So the thread is boosted by the time the raise
+ * returns and restored by the time the pop returns, and the boost does not
+ * wait behind the very CPU hogs it is meant to beat. Changes made from
+ * atomic context (timers, wait-queue callbacks) still go through the work.
+ */
+static void aem_boost_sync(struct aem_ctx *ctx)
+{
+	/*
+	 * Applied already (by the work, or by nobody: nothing changed)? A
+	 * work that is running may have read an older state: then the
+	 * generations differ and this applies again (idempotent) after it.
+	 */
+	if (READ_ONCE(ctx->boost_applied) == READ_ONCE(ctx->boost_gen))
+		return;
+	cancel_work(&ctx->boost_work);
+	aem_boost_apply(ctx);
+}
+
+/*
+ * The thread that popped a boosting delivery is back (its handler ran):
+ * the boost it held may end with this ioctl.
+ */
+static void aem_boost_unhold(struct aem_ctx *ctx)
+{
+	unsigned long flags;
+
+	if (!READ_ONCE(ctx->boost_hold) ||
+	    READ_ONCE(ctx->boost_hold_task) != current)
+		return;
+	spin_lock_irqsave(&ctx->lock, flags);
+	if (ctx->boost_hold && ctx->boost_hold_task == current) {
+		ctx->boost_hold = false;
+		aem_boost_check(ctx);
+	}
+	spin_unlock_irqrestore(&ctx->lock, flags);
 }
 
 /* After pops: reap what got its final delivery. ctx->lock held. */
@@ -793,6 +894,209 @@ out:
 EXPORT_SYMBOL_GPL(aem_activate);
 
 /*
+ * ---- System-call policy of handler upcalls (AEM-3.5.3) ----
+ *
+ * Handlers that run asynchronously start from the doorbell signal, which
+ * the thread takes on its next return to user space: after whatever
+ * system call it made, or an interrupt. The administrator may restrict
+ * that to the return from a set of system calls (upcall_syscalls, native
+ * syscall numbers): the doorbell signal is then held on aem_deferred and
+ * sent by a probe on the sys_exit tracepoint when the thread returns from
+ * an allowed call, so the signal is taken on exactly that return and on
+ * no other. A thread blocked in an allowed call is not interrupted for
+ * it. While a restriction is set every thread of the system runs the
+ * syscall-exit tracepoint work: an empty-list check unless a doorbell
+ * waits.
+ *
+ * aem_deferred_lock is a leaf: never held with ctx->lock, and signals are
+ * sent only after it is dropped (activation runs under sighand->siglock
+ * for signalfd, so siglock -> ctx->lock exists).
+ */
+#define AEM_UPCALL_NR	1024
+
+static DECLARE_BITMAP(aem_upcall_allowed, AEM_UPCALL_NR);
+static bool aem_upcall_restricted;
+static DEFINE_MUTEX(aem_upcall_mutex);	/* the three above, the probe */
+static struct tracepoint *aem_sys_exit_tp;
+static bool aem_sys_exit_probed;
+static LIST_HEAD(aem_deferred);
+static DEFINE_SPINLOCK(aem_deferred_lock);
+
+static void aem_send_doorbell(struct task_struct *task, int signo)
+{
+	struct kernel_siginfo info;
+
+	clear_siginfo(&info);
+	info.si_signo = signo;
+	info.si_code = SI_KERNEL;
+	send_sig_info(signo, &info, task);
+}
+
+/* Sends the doorbells @current owes on the return from an allowed call. */
+static void aem_sys_exit_probe(void *data, struct pt_regs *regs, long ret)
+{
+	struct aem_ctx *ctx, *tmp;
+	int signo[4], n = 0;
+	unsigned long flags, nr;
+
+	/*
+	 * Every syscall exit of the system comes here while a restriction
+	 * is set: a racy peek keeps it cheap. A doorbell added meanwhile is
+	 * not lost: it waits for this thread's next allowed return.
+	 */
+	if (data_race(list_empty(&aem_deferred)))
+		return;
+	nr = syscall_get_nr(current, regs);
+	if (nr >= AEM_UPCALL_NR || !test_bit(nr, aem_upcall_allowed))
+		return;
+	spin_lock_irqsave(&aem_deferred_lock, flags);
+	list_for_each_entry_safe(ctx, tmp, &aem_deferred, deferred_link) {
+		if (ctx->deferred_task != current)
+			continue;
+		list_del_init(&ctx->deferred_link);
+		signo[n++] = ctx->deferred_signo;
+		if (n == ARRAY_SIZE(signo))
+			break;	/* the rest on the next allowed return */
+	}
+	spin_unlock_irqrestore(&aem_deferred_lock, flags);
+	while (n--)
+		aem_send_doorbell(current, signo[n]);
+}
+
+/* Holds @ctx's doorbell for @task; false when no restriction is set. */
+static bool aem_defer_doorbell(struct aem_ctx *ctx, struct task_struct *task,
+			       int signo)
+{
+	unsigned long flags;
+	bool deferred = false;
+
+	spin_lock_irqsave(&aem_deferred_lock, flags);
+	if (READ_ONCE(aem_upcall_restricted)) {
+		if (list_empty(&ctx->deferred_link)) {
+			ctx->deferred_task = task;
+			ctx->deferred_signo = signo;
+			list_add_tail(&ctx->deferred_link, &aem_deferred);
+		}
+		deferred = true;
+	}
+	spin_unlock_irqrestore(&aem_deferred_lock, flags);
+	return deferred;
+}
+
+/*
+ * Drops @ctx's held doorbell (its thread changes, or the context goes);
+ * no kick runs. Returns true when one was held: the signal is owed.
+ */
+static bool aem_undefer_doorbell(struct aem_ctx *ctx)
+{
+	unsigned long flags;
+	bool was;
+
+	spin_lock_irqsave(&aem_deferred_lock, flags);
+	was = !list_empty(&ctx->deferred_link);
+	list_del_init(&ctx->deferred_link);
+	spin_unlock_irqrestore(&aem_deferred_lock, flags);
+	return was;
+}
+
+/* The restriction was lifted: send every held doorbell now. */
+static void aem_flush_deferred(void)
+{
+	struct task_struct *task;
+	struct aem_ctx *ctx;
+	unsigned long flags;
+	int signo;
+
+	for (;;) {
+		spin_lock_irqsave(&aem_deferred_lock, flags);
+		ctx = list_first_entry_or_null(&aem_deferred, struct aem_ctx,
+					       deferred_link);
+		if (ctx) {
+			list_del_init(&ctx->deferred_link);
+			task = get_task_struct(ctx->deferred_task);
+			signo = ctx->deferred_signo;
+		}
+		spin_unlock_irqrestore(&aem_deferred_lock, flags);
+		if (!ctx)
+			return;
+		aem_send_doorbell(task, signo);
+		put_task_struct(task);
+	}
+}
+
+static void aem_find_sys_exit(struct tracepoint *tp, void *priv)
+{
+	if (!strcmp(tp->name, "sys_exit"))
+		*(struct tracepoint **)priv = tp;
+}
+
+static int aem_upcall_set(const char *val, const struct kernel_param *kp)
+{
+	DECLARE_BITMAP(allowed, AEM_UPCALL_NR);
+	bool limited = true;
+	int ret = 0;
+
+	bitmap_zero(allowed, AEM_UPCALL_NR);
+	if (sysfs_streq(val, "") || sysfs_streq(val, "all"))
+		limited = false;
+	else if (!sysfs_streq(val, "none"))
+		ret = bitmap_parselist(val, allowed, AEM_UPCALL_NR);
+	if (ret)
+		return ret;
+	mutex_lock(&aem_upcall_mutex);
+	if (limited && !aem_sys_exit_probed) {
+		if (!aem_sys_exit_tp)
+			for_each_kernel_tracepoint(aem_find_sys_exit,
+						   &aem_sys_exit_tp);
+		ret = aem_sys_exit_tp ?
+		      tracepoint_probe_register(aem_sys_exit_tp,
+						aem_sys_exit_probe, NULL) :
+		      -EOPNOTSUPP;
+		if (ret)
+			goto out;
+		aem_sys_exit_probed = true;
+	}
+	bitmap_copy(aem_upcall_allowed, allowed, AEM_UPCALL_NR);
+	WRITE_ONCE(aem_upcall_restricted, limited);
+	if (!limited && aem_sys_exit_probed) {
+		tracepoint_probe_unregister(aem_sys_exit_tp,
+					    aem_sys_exit_probe, NULL);
+		tracepoint_synchronize_unregister();
+		aem_sys_exit_probed = false;
+	}
+	if (!limited)
+		aem_flush_deferred();
+out:
+	mutex_unlock(&aem_upcall_mutex);
+	return ret;
+}
+
+static int aem_upcall_get(char *buf, const struct kernel_param *kp)
+{
+	int n;
+
+	mutex_lock(&aem_upcall_mutex);
+	if (!aem_upcall_restricted)
+		n = sysfs_emit(buf, "all\n");
+	else if (bitmap_empty(aem_upcall_allowed, AEM_UPCALL_NR))
+		n = sysfs_emit(buf, "none\n");
+	else
+		n = sysfs_emit(buf, "%*pbl\n", AEM_UPCALL_NR,
+			       aem_upcall_allowed);
+	mutex_unlock(&aem_upcall_mutex);
+	return n;
+}
+
+static const struct kernel_param_ops aem_upcall_ops = {
+	.set = aem_upcall_set,
+	.get = aem_upcall_get,
+};
+
+module_param_cb(upcall_syscalls, &aem_upcall_ops, NULL, 0644);
+MODULE_PARM_DESC(upcall_syscalls,
+		 "System calls (native numbers, a list such as 0,1,232 or 7-9) on whose return the doorbell signal of an asynchronous context may be taken; all: no restriction (default); none: never");
+
+/*
  * ctx->kick: hardirq context, no locks held by our caller. Wakes the
  * waiters and rings the doorbell: the signal goes out only when the
  * doorbell word goes 0 -> 1. With a ring the word is shared with user
@@ -804,7 +1108,6 @@ static void aem_kick_fn(struct irq_work *work)
 {
 	struct aem_ctx *ctx = container_of(work, struct aem_ctx, kick);
 	struct task_struct *task = NULL;
-	struct kernel_siginfo info;
 	unsigned long flags;
 	struct aem_ring *ring;
 	int signo;
@@ -831,10 +1134,9 @@ static void aem_kick_fn(struct irq_work *work)
 	if (!task)
 		return;
 	/* sig_task cannot be put before irq_work_sync(): see SET_SIGNAL. */
-	clear_siginfo(&info);
-	info.si_signo = signo;
-	info.si_code = SI_KERNEL;
-	send_sig_info(signo, &info, task);
+	if (aem_defer_doorbell(ctx, task, signo))
+		return;
+	aem_send_doorbell(task, signo);
 }
 
 /**
@@ -892,7 +1194,7 @@ static void aem_run_recheck(struct aem_ctx *ctx)
 
 static enum hrtimer_restart aem_tmo_fn(struct hrtimer *t)
 {
-	struct aem_event *reg = container_of(t, struct aem_event, tmo_timer);
+	struct aem_event *reg = container_of(t, struct aem_tmo, timer)->reg;
 	struct aem_ctx *ctx = reg->ctx;
 	enum hrtimer_restart ret = HRTIMER_NORESTART;
 	unsigned long flags;
@@ -926,7 +1228,8 @@ static void aem_reg_destroy(struct aem_ctx *ctx, struct aem_event *reg)
 	unsigned long flags;
 
 	fam->teardown(reg);
-	hrtimer_cancel(&reg->tmo_timer);
+	if (reg->tmo)
+		hrtimer_cancel(&reg->tmo->timer);
 	spin_lock_irqsave(&ctx->lock, flags);
 	reg->state |= AEM_RS_DOOMED;
 	aem_dequeue(ctx, reg);
@@ -936,6 +1239,7 @@ static void aem_reg_destroy(struct aem_ctx *ctx, struct aem_event *reg)
 	spin_unlock_irqrestore(&ctx->lock, flags);
 	ctx->nregs--;
 	atomic_dec(&ctx->user->nregs);
+	kfree(reg->tmo);
 	kfree(reg);
 	module_put(fam->owner);
 }
@@ -1070,8 +1374,6 @@ static int aem_ioc_register(struct aem_ctx *ctx, void __user *uarg)
 	reg->node.prio = prio;
 	INIT_LIST_HEAD(&reg->reap_link);
 	INIT_LIST_HEAD(&reg->recheck_link);
-	hrtimer_init(&reg->tmo_timer, CLOCK_MONOTONIC, HRTIMER_MODE_REL);
-	reg->tmo_timer.function = aem_tmo_fn;
 	if (kreg.flags & AEM_DISABLED)
 		reg->state |= AEM_RS_DISABLED;
 	/* Reserve the id (lookups see NULL) until setup succeeded. */
@@ -1202,13 +1504,24 @@ static int aem_ctl_set_timeout(struct aem_ctx *ctx, struct aem_event *reg,
 
 	if (ms > (u64)INT_MAX * MSEC_PER_SEC)
 		return -EINVAL;
-	hrtimer_cancel(&reg->tmo_timer);
+	if (!reg->tmo) {
+		if (!ms)
+			return 0;
+		reg->tmo = kzalloc(sizeof(*reg->tmo), GFP_KERNEL_ACCOUNT);
+		if (!reg->tmo)
+			return -ENOMEM;
+		hrtimer_init(&reg->tmo->timer, CLOCK_MONOTONIC,
+			     HRTIMER_MODE_REL);
+		reg->tmo->timer.function = aem_tmo_fn;
+		reg->tmo->reg = reg;
+	}
+	hrtimer_cancel(&reg->tmo->timer);
 	spin_lock_irqsave(&ctx->lock, flags);
 	reg->timeout = ms_to_ktime(ms);
 	reg->last_act = ktime_get();
 	spin_unlock_irqrestore(&ctx->lock, flags);
 	if (ms)
-		hrtimer_start(&reg->tmo_timer, reg->timeout, HRTIMER_MODE_REL);
+		hrtimer_start(&reg->tmo->timer, reg->timeout, HRTIMER_MODE_REL);
 	return 0;
 }
 
@@ -1290,6 +1603,7 @@ static int aem_ioc_raise(struct aem_ctx *ctx, void __user *uarg)
 static unsigned int aem_pop_batch(struct aem_ctx *ctx,
 				  struct aem_delivery *buf, unsigned int max)
 {
+	unsigned int p = READ_ONCE(boost_prio), i;
 	unsigned long flags;
 	unsigned int n = 0;
 
@@ -1298,6 +1612,18 @@ static unsigned int aem_pop_batch(struct aem_ctx *ctx,
 		n++;
 	if (!ctx->bitmap && list_empty(&ctx->recheck))
 		ctx->doorbell = false;	/* nothing left: re-arm */
+	/*
+	 * The handler of a boosting delivery runs boosted: unboosting here
+	 * would even make the scheduler preempt this thread on its way out
+	 * of the ioctl (set_user_nice() reschedules a running task whose
+	 * priority drops), in front of CPU hogs, before the handler starts.
+	 */
+	for (i = 0; p && i < n; i++) {
+		if (buf[i].prio >= p) {
+			ctx->boost_hold = true;
+			ctx->boost_hold_task = current;
+		}
+	}
 	aem_after_pop(ctx);
 	spin_unlock_irqrestore(&ctx->lock, flags);
 	return n;
@@ -1466,12 +1792,51 @@ static int aem_ioc_set_signal(struct aem_ctx *ctx, void __user *uarg)
 	spin_unlock_irqrestore(&ctx->lock, flags);
 	/* A running kick may still use @old: wait for it. */
 	irq_work_sync(&ctx->kick);
+	/* A doorbell held for @old is owed: the kick below sends it again. */
+	if (aem_undefer_doorbell(ctx) && ctx->ring)
+		WRITE_ONCE(ctx->ring->hdr->doorbell, 0);
 	mutex_unlock(&ctx->mutex);
 	if (old)
 		put_task_struct(old);
 	/* Something may already be pending. */
 	irq_work_queue(&ctx->kick);
 	return 0;
+}
+
+/*
+ * Ring memory is locked memory that user space maps: charge it to the
+ * user's RLIMIT_MEMLOCK unless the caller has CAP_IPC_LOCK, the way
+ * io_uring charges its rings (__io_account_mem()). The charge follows the
+ * user, not the mm, so it can be returned from ->release() after exit.
+ */
+static int aem_ring_charge(struct aem_ring *ring)
+{
+	unsigned long limit, cur, want;
+	struct user_struct *user;
+
+	ring->pages = ring->size >> PAGE_SHIFT;
+	if (capable(CAP_IPC_LOCK))
+		return 0;
+	user = current_user();
+	limit = rlimit(RLIMIT_MEMLOCK) >> PAGE_SHIFT;
+	cur = atomic_long_read(&user->locked_vm);
+	do {
+		if (check_add_overflow(cur, ring->pages, &want) ||
+		    want > limit)
+			return -ENOMEM;
+	} while (!atomic_long_try_cmpxchg(&user->locked_vm, &cur, want));
+	ring->user = get_uid(user);
+	return 0;
+}
+
+static void aem_ring_free(struct aem_ring *ring)
+{
+	if (ring->user) {
+		atomic_long_sub(ring->pages, &ring->user->locked_vm);
+		free_uid(ring->user);
+	}
+	vfree(ring->mem);
+	kfree(ring);
 }
 
 static int aem_ioc_ring_setup(struct aem_ctx *ctx, void __user *uarg)
@@ -1495,9 +1860,14 @@ static int aem_ioc_ring_setup(struct aem_ctx *ctx, void __user *uarg)
 	ring->entries = rs.entries;
 	ring->size = PAGE_ALIGN(AEM_RING_ENTRIES_OFF +
 				(size_t)rs.entries * sizeof(struct aem_delivery));
+	ret = aem_ring_charge(ring);
+	if (ret) {
+		kfree(ring);
+		return ret;
+	}
 	ring->mem = vmalloc_user(ring->size);
 	if (!ring->mem) {
-		kfree(ring);
+		aem_ring_free(ring);
 		return -ENOMEM;
 	}
 	ring->hdr = ring->mem;
@@ -1518,8 +1888,7 @@ static int aem_ioc_ring_setup(struct aem_ctx *ctx, void __user *uarg)
 	spin_unlock_irqrestore(&ctx->lock, flags);
 	mutex_unlock(&ctx->mutex);
 	if (ret) {
-		vfree(ring->mem);
-		kfree(ring);
+		aem_ring_free(ring);
 		return ret;
 	}
 	irq_work_queue(&ctx->kick);
@@ -1578,15 +1947,9 @@ static bool aem_is_owner(struct aem_ctx *ctx)
 	return task_tgid(current) == ctx->tgid && current->mm == ctx->mm;
 }
 
-static long aem_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
+static long aem_ioctl_op(struct aem_ctx *ctx, unsigned int cmd,
+			 void __user *uarg)
 {
-	struct aem_ctx *ctx = file->private_data;
-	void __user *uarg = (void __user *)arg;
-
-	if (_IOC_TYPE(cmd) != AEM_IOC_MAGIC)
-		return -ENOTTY;
-	if (!aem_is_owner(ctx))
-		return -EOWNERDEAD;
 	switch (_IOC_NR(cmd)) {
 	case _IOC_NR(AEM_IOC_INFO):
 		return aem_ioc_info(uarg);
@@ -1604,6 +1967,22 @@ static long aem_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 		return aem_ioc_ring_setup(ctx, uarg);
 	}
 	return -ENOTTY;
+}
+
+static long aem_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
+{
+	struct aem_ctx *ctx = file->private_data;
+	long ret;
+
+	if (_IOC_TYPE(cmd) != AEM_IOC_MAGIC)
+		return -ENOTTY;
+	if (!aem_is_owner(ctx))
+		return -EOWNERDEAD;
+	aem_boost_unhold(ctx);
+	ret = aem_ioctl_op(ctx, cmd, (void __user *)arg);
+	/* A raise, pop or evctl may have changed the boost: apply it now. */
+	aem_boost_sync(ctx);
+	return ret;
 }
 
 static __poll_t aem_poll(struct file *file, poll_table *pt)
@@ -1667,11 +2046,13 @@ static int aem_open(struct inode *inode, struct file *file)
 	INIT_LIST_HEAD(&ctx->reap);
 	INIT_LIST_HEAD(&ctx->recheck);
 	INIT_LIST_HEAD(&ctx->overload.link);
+	INIT_LIST_HEAD(&ctx->deferred_link);
 	ctx->overload.prio = AEM_PRIO_MAX;
 	init_waitqueue_head(&ctx->wq);
 	init_irq_work(&ctx->kick, aem_kick_fn);
 	INIT_WORK(&ctx->reap_work, aem_reap_fn);
 	INIT_WORK(&ctx->boost_work, aem_boost_fn);
+	mutex_init(&ctx->boost_mutex);
 	ctx->opener = get_task_struct(current);
 	ctx->may_nice = capable(CAP_SYS_NICE);
 	mutex_init(&ctx->mutex);
@@ -1700,6 +2081,7 @@ static int aem_release(struct inode *inode, struct file *file)
 	/* No registration is left to activate, pop or time out. */
 	cancel_work_sync(&ctx->reap_work);
 	irq_work_sync(&ctx->kick);
+	aem_undefer_doorbell(ctx);
 	cancel_work_sync(&ctx->boost_work);
 	aem_unboost(ctx);
 	put_task_struct(ctx->opener);
@@ -1707,15 +2089,14 @@ static int aem_release(struct inode *inode, struct file *file)
 	WARN_ON_ONCE(ctx->bitmap & ~BIT_ULL(AEM_PRIO_MAX));
 	if (ctx->sig_task)
 		put_task_struct(ctx->sig_task);
-	if (ctx->ring) {
-		vfree(ctx->ring->mem);
-		kfree(ctx->ring);
-	}
+	if (ctx->ring)
+		aem_ring_free(ctx->ring);
 	xa_destroy(&ctx->regs);
 	put_pid(ctx->tgid);
 	if (ctx->mm)
 		mmdrop(ctx->mm);
 	mutex_destroy(&ctx->mutex);
+	mutex_destroy(&ctx->boost_mutex);
 	kfree(ctx);
 	return 0;
 }
@@ -1780,6 +2161,12 @@ static int __init aem_init(void)
 
 static void __exit aem_exit(void)
 {
+	/* No context is open (the fops pin the module): nothing is held. */
+	if (aem_sys_exit_probed) {
+		tracepoint_probe_unregister(aem_sys_exit_tp,
+					    aem_sys_exit_probe, NULL);
+		tracepoint_synchronize_unregister();
+	}
 	debugfs_remove(aem_debugfs);
 	misc_deregister(&aem_misc);
 }

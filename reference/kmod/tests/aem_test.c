@@ -30,8 +30,9 @@
 #include <unistd.h>
 
 #include <linux/aem.h>
+#include <linux/capability.h>
 
-#define NTESTS 36
+#define NTESTS 38
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 static int test_no;
@@ -889,6 +890,63 @@ static void t_ring(void)
 	close(fd);
 }
 
+/*
+ * Ring pages are charged to RLIMIT_MEMLOCK without CAP_IPC_LOCK: in a
+ * child that drops the capability with a limit of two pages, a ring
+ * bigger than that is refused, two one-page rings fit, a third does not,
+ * and closing a context returns its charge. Exit code: 0 or the step.
+ */
+static int ring_memlock_child(void)
+{
+	struct rlimit rl = { 2 * 4096, 2 * 4096 };
+	struct aem_ring_setup big = { .size = sizeof(big), .entries = 4096 };
+	struct aem_ring_setup rs = { .size = sizeof(rs), .entries = 16 };
+	struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3 };
+	struct __user_cap_data_struct data[2];
+	int a, b, c;
+
+	if (syscall(SYS_capget, &hdr, data))
+		return 10;
+	data[0].effective &= ~(1u << CAP_IPC_LOCK);
+	data[0].permitted &= ~(1u << CAP_IPC_LOCK);
+	if (syscall(SYS_capset, &hdr, data) || setrlimit(RLIMIT_MEMLOCK, &rl))
+		return 11;
+	a = open("/dev/aem", O_RDWR | O_CLOEXEC);
+	b = open("/dev/aem", O_RDWR | O_CLOEXEC);
+	c = open("/dev/aem", O_RDWR | O_CLOEXEC);
+	if (a < 0 || b < 0 || c < 0)
+		return 12;
+	if (xioctl(a, AEM_IOC_RING_SETUP, &big) != -ENOMEM)
+		return 13;
+	if (xioctl(a, AEM_IOC_RING_SETUP, &rs))
+		return 14;
+	rs.entries_off = 0; rs.mmap_size = 0;
+	if (xioctl(b, AEM_IOC_RING_SETUP, &rs))
+		return 15;
+	rs.entries_off = 0; rs.mmap_size = 0;
+	if (xioctl(c, AEM_IOC_RING_SETUP, &rs) != -ENOMEM)
+		return 16;
+	close(a);	/* the last reference: its charge goes back */
+	if (xioctl(c, AEM_IOC_RING_SETUP, &rs))
+		return 17;
+	close(b);
+	close(c);
+	return 0;
+}
+
+static void t_ring_memlock(void)
+{
+	int st = -1;
+	pid_t pid = fork();
+
+	if (pid == 0)
+		_exit(ring_memlock_child());
+	waitpid(pid, &st, 0);
+	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+	      "ring over RLIMIT_MEMLOCK: failed at step %d",
+	      WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+}
+
 /* The ring's doorbell word: one signal per 0 -> 1, re-armed by user space. */
 static void t_ring_doorbell(void)
 {
@@ -1053,22 +1111,25 @@ static void t_boost(void)
 	const char *bp = "/sys/module/aem/parameters/boost_prio";
 	const char *bc = "/sys/module/aem/parameters/boost_ceiling";
 	struct aem_delivery d[2];
-	int hi, lo, n0, n1, n2, n3;
+	int hi, lo, n0, n1, n2, n3, n4;
 
 	CHECK(write_param(bp, "50") == 0 && write_param(bc, "-5") == 0,
 	      "params");
 	hi = reg_soft(dev_fd, AEM_PRIO(60));
 	lo = reg_soft(dev_fd, AEM_PRIO(10));
+	/*
+	 * A change caused by an ioctl is applied before the ioctl returns,
+	 * so each value is read without waiting.
+	 */
 	n0 = getpriority(PRIO_PROCESS, 0);
 	raise_ev(dev_fd, lo, 1, 0);
-	sleep_ms(30);
 	n1 = getpriority(PRIO_PROCESS, 0);
 	raise_ev(dev_fd, hi, 1, 0);
-	sleep_ms(30);
 	n2 = getpriority(PRIO_PROCESS, 0);
 	wait_ev(dev_fd, d, 1, 0);	/* takes the urgent one only */
-	sleep_ms(30);
-	n3 = getpriority(PRIO_PROCESS, 0);
+	n3 = getpriority(PRIO_PROCESS, 0);	/* its handler would run now */
+	wait_ev(dev_fd, d, 1, 0);	/* back: takes the low one */
+	n4 = getpriority(PRIO_PROCESS, 0);
 	write_param(bp, "0");
 	write_param(bc, "0");
 	drain(dev_fd, d, 2);
@@ -1077,7 +1138,8 @@ static void t_boost(void)
 	CHECK(hi > 0 && lo > 0, "register");
 	CHECK(n0 == 0 && n1 == 0, "boosted by a low priority: %d %d", n0, n1);
 	CHECK(n2 == -5, "not boosted while urgent pending: nice %d", n2);
-	CHECK(n3 == 0, "not restored after delivery: nice %d", n3);
+	CHECK(n3 == -5, "not boosted while its handler runs: nice %d", n3);
+	CHECK(n4 == 0, "not restored after the handler: nice %d", n4);
 }
 
 /*
@@ -1089,7 +1151,7 @@ static int boost_rlimit_child(void)
 {
 	struct rlimit rl = { 22, 22 };	/* nice down to 20 - 22 = -2 */
 	struct aem_delivery d[1];
-	int fd, hi, n = 0, i;
+	int fd, hi, n;
 
 	if (setrlimit(RLIMIT_NICE, &rl) || setgid(65534) || setuid(65534))
 		return 10;
@@ -1099,9 +1161,8 @@ static int boost_rlimit_child(void)
 	hi = reg_soft(fd, AEM_PRIO(60));
 	if (hi <= 0 || raise_ev(fd, hi, 1, 0))
 		return 12;
-	/* The boost is applied by a work item: wait for it, bounded. */
-	for (i = 0; i < 2000 && (n = getpriority(PRIO_PROCESS, 0)) == 0; i++)
-		sleep_ms(1);
+	/* Applied before the raise returned. */
+	n = getpriority(PRIO_PROCESS, 0);
 	wait_ev(fd, d, 1, 0);
 	close(fd);
 	return n == -2 ? 0 : 20 + (n + 20);
@@ -1125,6 +1186,60 @@ static void t_boost_rlimit(void)
 	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0,
 	      "unprivileged boost: status %d (20+k: nice k-20; 10-12: setup)",
 	      WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+}
+
+/*
+ * upcall_syscalls: with only getppid() allowed, the doorbell of a raise is
+ * held through other system calls and taken on the return from getppid();
+ * lifting the restriction sends a held doorbell at once.
+ */
+static volatile sig_atomic_t upcalls;
+
+static void on_upcall(int sig)
+{
+	(void)sig;
+	upcalls++;
+}
+
+static void t_upcall_syscalls(void)
+{
+	const char *pu = "/sys/module/aem/parameters/upcall_syscalls";
+	struct aem_signal sg = { .size = sizeof(sg), .signo = SIGRTMIN + 5 };
+	struct sigaction sa = { .sa_handler = on_upcall };
+	struct aem_delivery d[2];
+	char num[16], got[64];
+	int fd, id, i, before, held, after, lifted;
+
+	snprintf(num, sizeof(num), "%d", SYS_getppid);
+	CHECK(write_param(pu, num) == 0, "set %s", pu);
+	CHECK(read_param(pu, got, sizeof(got)) == 0 && atoi(got) == SYS_getppid,
+	      "read back '%s'", got);
+	sigaction(SIGRTMIN + 5, &sa, NULL);
+	upcalls = 0;
+	fd = open("/dev/aem", O_RDWR | O_CLOEXEC);
+	id = fd >= 0 ? reg_soft(fd, 0) : -1;
+	if (id <= 0 || xioctl(fd, AEM_IOC_SET_SIGNAL, &sg)) {
+		write_param(pu, "all");
+		CHECK(0, "setup");
+	}
+	raise_ev(fd, id, 1, 0);
+	for (i = 0; i < 100; i++)
+		syscall(SYS_getpid);
+	before = upcalls;
+	syscall(SYS_getppid);
+	held = upcalls;
+	/* Drained: the doorbell re-arms; the next one is held again. */
+	drain(fd, d, 2);
+	raise_ev(fd, id, 1, 0);
+	after = upcalls;
+	write_param(pu, "all");	/* sends it on the way back */
+	lifted = upcalls;
+	drain(fd, d, 2);
+	close(fd);
+	signal(SIGRTMIN + 5, SIG_DFL);
+	CHECK(before == 0, "upcall after a disallowed call: %d", before);
+	CHECK(held == 1, "no upcall on return from getppid: %d", held);
+	CHECK(after == 1 && lifted == 2, "lifting: %d %d", after, lifted);
 }
 
 /*
@@ -1652,6 +1767,7 @@ int main(int argc, char **argv)
 	t_foreign_process(); report("foreign_process_eownerdead", NULL);
 	t_ring(); report("ring_mmap_refill", NULL);
 	t_ring_doorbell(); report("ring_doorbell", NULL);
+	t_ring_memlock(); report("ring_rlimit_memlock", NULL);
 	t_signal_tid(); report("signal_thread_directed", NULL);
 	t_efault_keeps(); report("efault_keeps_delivery", NULL);
 	if (access(fi, F_OK)) {
@@ -1674,6 +1790,11 @@ int main(int argc, char **argv)
 	} else {
 		t_boost(); report("priority_boost", NULL);
 		t_boost_rlimit(); report("priority_boost_rlimit", NULL);
+	}
+	if (access("/sys/module/aem/parameters/upcall_syscalls", W_OK)) {
+		report("upcall_syscalls", "no module parameters");
+	} else {
+		t_upcall_syscalls(); report("upcall_syscalls", NULL);
 	}
 	t_pollfree(); report("fd_pollfree_signalfd", NULL);
 	t_chaos(); report("concurrent_chaos", NULL);

@@ -246,6 +246,8 @@ struct aem_delivery {
  * deliveries, highest priority first, FIFO within a priority, into the
  * array at @deliveries (stride @dsize). Returns how many (0 on timeout),
  * -EINTR on a signal. A delivery that cannot be copied out is put back.
+ * A delivery at or above aem_info.boost_prio keeps the boost until the
+ * caller's next ioctl on the context: its handler runs boosted.
  */
 struct aem_wait {
 	__u32 size;		/* sizeof(struct aem_wait) */
@@ -291,6 +293,9 @@ struct aem_signal {
 /*
  * AEM_IOC_RING_SETUP: create the completion ring (once per context), then
  * mmap(NULL, mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0).
+ * The ring's pages are locked memory charged to the caller's user against
+ * RLIMIT_MEMLOCK (as io_uring charges its rings) unless the caller has
+ * CAP_IPC_LOCK: -ENOMEM when they would exceed it.
  * The kernel moves deliveries from its priority queue into the ring while
  * there is room (on activation and on AEM_IOC_WAIT with AEM_WAIT_REFILL),
  * so the ring is in priority order at the time of each refill.

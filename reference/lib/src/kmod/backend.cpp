@@ -59,10 +59,12 @@
 // Locking
 //   Core::mu_ protects every field of the core, its records and queues. It
 //   is one lock, never nested, never held while a handler, an error
-//   handler or a blocking wait runs. Every ioctl is made under mu_ (none of
-//   them sleeps: AEM_IOC_WAIT always has timeout 0), so pulls and routing
-//   are ordered the way the kernel popped. Lock order: mu_ -> the kernel's
-//   ctx->mutex. The doorbell handler takes mu_ only when its thread is
+//   handler or a blocking wait runs. Every ioctl but a merged raise is made
+//   under mu_ (none of them sleeps: AEM_IOC_WAIT always has timeout 0), so
+//   pulls and routing are ordered the way the kernel popped; a merged
+//   raise changes no library state and makes its ioctl after dropping mu_,
+//   counted in inflight_, which keeps fd_ open. Lock order: mu_ -> the
+//   kernel's ctx->mutex. The doorbell handler takes mu_ only when its thread is
 //   outside this backend (k_depth == 0); otherwise it defers to the moment
 //   the thread leaves it (Entry's destructor). Inside the signal handler
 //   nothing is allocated or freed: routing links embedded nodes, cleaned
@@ -300,6 +302,9 @@ class Core : public std::enable_shared_from_this<Core> {
 
   void run_async_here();
   std::mutex mu_;
+  // Raises whose ioctl runs without mu_ (counted under mu_); fd_ is
+  // closed only when none is (close_fd()). Zero in a forked child.
+  std::atomic<int> inflight_{0};
   std::atomic<bool> forked_{false};
 
  private:
@@ -323,6 +328,7 @@ class Core : public std::enable_shared_from_this<Core> {
   int kreg(Rec& r, uint32_t kflags, int64_t value_ns);
   int kctl(const Rec& r, unsigned op, uint64_t arg);
   void set_doorbell(pid_t tid);
+  void close_fd();
   void check_fork();
   void rebuild_child();
   void forget_parent();
@@ -416,11 +422,17 @@ int Core::shutdown() {
   lk.lock();
   reap_children(true);
   reap(lk);
-  if (fd_ >= 0) close(fd_);  // the kernel releases every registration
-  fd_ = -1;
+  close_fd();  // the kernel releases every registration
   if (slot_ >= 0) g_cores[static_cast<size_t>(slot_)].store(nullptr);
   slot_ = -1;
   return 0;
+}
+
+// Under mu_ (so no raise starts): waits for the raises in flight, closes.
+void Core::close_fd() {
+  for (int n; (n = inflight_.load()) != 0;) inflight_.wait(n);
+  if (fd_ >= 0) close(fd_);
+  fd_ = -1;
 }
 
 // ---------------------------------------------------------------------------
@@ -1029,20 +1041,34 @@ int Core::raise(int jid, uint64_t value) {
   Entry entry;
   check_fork();
   if (jid <= 0) return -EINVAL;
-  std::lock_guard lk(mu_);
+  std::unique_lock lk(mu_);
   if (open_err_) return open_err_;
   Rec* r = find(jid);
   if (!r) return -ENOENT;
   if (r->type != AEM_EV_SOFT) return -EINVAL;
-  const bool per = r->flags & AEM_PER_OCCURRENCE;
-  if (per) r->values.push_back(value);
   aem_raise a{};
   a.size = sizeof a;
   a.id = r->kid;
   a.count = 1;
   a.value = value;
-  int e = xioctl(fd_, AEM_IOC_RAISE, &a);
-  if (e < 0 && per) r->values.pop_back();
+  if (r->flags & AEM_PER_OCCURRENCE) {
+    // The values queue in raise order: push and kernel count move together.
+    r->values.push_back(value);
+    int e = xioctl(fd_, AEM_IOC_RAISE, &a);
+    if (e < 0) r->values.pop_back();
+    return e < 0 ? e : 0;
+  }
+  // A merged raise changes no library state: the ioctl runs without mu_,
+  // so raising threads (a flood of them) never make the thread that pulls
+  // and runs the handlers queue for mu_ behind them: under CPU load each
+  // such wait costs a sleep and a wake-up (AEM-3.2.1 latency). inflight_
+  // keeps fd_ open meanwhile (close_fd()). A clean that races with it makes
+  // it -ENOENT.
+  inflight_.fetch_add(1);
+  const int fd = fd_;
+  lk.unlock();
+  int e = xioctl(fd, AEM_IOC_RAISE, &a);
+  if (inflight_.fetch_sub(1) == 1) inflight_.notify_all();
   return e < 0 ? e : 0;
 }
 
@@ -1262,6 +1288,7 @@ void atfork_child() {
   for (auto& slot : g_cores) {
     if (Core* c = slot.load()) {
       c->forked_.store(true);
+      c->inflight_.store(0);  // their threads are the parent's
       c->mu_.unlock();
     }
   }
