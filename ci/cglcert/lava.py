@@ -7,11 +7,11 @@ A LAVA-managed fleet runs the same conformance suite as ``cglcert run`` nightly:
   ``qemu`` devices deploy ``to: tmpfs`` (kernel + ramdisk, LAVA appends its overlay to the
   ramdisk: ``format: cpio.newc``, ``overlays: {lava: true}``) and boot ``method: qemu``;
   x86 lab boards deploy ``to: tftp`` and boot with ``ipxe`` or ``grub``.
-* :func:`test_definition` is the "Lava-Test Test Definition 1.0" that runs the suite (and
-  optionally ``cglcert stress --quick``) on the device and reports every result with
-  ``lava-test-case``. Its steps call ``cglcert lava results`` on the device, which prints
-  the ``lava-test-case`` commands made by :func:`lava_cases` from ``results.json``
-  (and ``stress.json``), then runs them.
+* :func:`test_definition` is the "Lava-Test Test Definition 1.0" that runs the suite
+  (optionally also ``cglcert stress --quick`` and ``cglcert soak``) on the device and
+  reports every result with ``lava-test-case``. Its steps call ``cglcert lava results``
+  on the device, which prints the ``lava-test-case`` commands made by :func:`lava_cases`
+  from ``results.json`` (and ``stress.json``, ``soak.json``), then runs them.
 * :func:`lava_cases` is pure (results in, cases out) and needs only the standard library,
   so ``python3 -m cglcert lava results`` works on a device rootfs without the venv.
 
@@ -50,6 +50,8 @@ __all__ = [
     "lava_cases",
     "render_cases",
     "test_definition",
+    "test_minutes",
+    "testdef_params",
     "unit_of",
 ]
 
@@ -117,14 +119,18 @@ def _is_number(v: Any) -> bool:
 
 
 def lava_cases(results: Mapping[str, Any] | None,
-               stress: Mapping[str, Any] | None = None) -> tuple[list[LavaCase], str | None]:
+               stress: Mapping[str, Any] | None = None,
+               soak: Mapping[str, Any] | None = None) -> tuple[list[LavaCase], str | None]:
     """LAVA cases from ``results.json`` (and ``stress.json``); and the harness error, if any.
 
     Per requirement ``<ID>`` (its verdict); per test ``<ID>.<Suite.Name>`` (outcome), and
     ``<ID>.<Suite.Name>.<measurement>`` for each numeric measurement; ``cgl-2.0`` and
     ``cgl-3.0`` (the verdicts). From stress.json: ``stress.<ID>`` per judged requirement,
     ``stress.<ID>.<metric>`` with the measured value, and ``stress.lost``,
-    ``stress.duplicated``, ``stress.handler_overlaps`` (pass when 0).
+    ``stress.duplicated``, ``stress.handler_overlaps`` (pass when 0). From soak.json:
+    ``soak`` (pass when the soak passed), ``soak.rounds``, ``soak.delivered``,
+    ``soak.lost``, ``soak.duplicated``, ``soak.overlaps`` and, when one failed,
+    ``soak.failed_round``.
     """
     cases: list[LavaCase] = []
     errors: list[str] = []
@@ -164,7 +170,37 @@ def lava_cases(results: Mapping[str, Any] | None,
         crashed = summary.get("crashed_programs") or []
         if crashed:
             errors.append(f"stress: crashed programs: {', '.join(map(str, crashed))}")
-    return cases, ("; ".join(errors) or None)
+    if soak is not None:
+        status = soak.get("status")
+        cases.append(LavaCase("soak", {"passed": "pass", "failed": "fail"}.get(
+            str(status), "unknown")))
+        t = soak.get("totals") or {}
+        if _is_number(t.get("rounds")):
+            cases.append(LavaCase("soak.rounds", "pass", t["rounds"], "rounds"))
+        if _is_number(t.get("delivered")):
+            cases.append(LavaCase("soak.delivered", "pass", t["delivered"], "events"))
+        for key in ("lost", "duplicated", "overlaps"):
+            if _is_number(t.get(key)):
+                cases.append(LavaCase(f"soak.{key}", "pass" if t[key] == 0 else "fail",
+                                      t[key], "count"))
+        failure = soak.get("failure") or {}
+        if _is_number(failure.get("round")):
+            cases.append(LavaCase("soak.failed_round", "fail", failure["round"], "round"))
+        if status in ("error", "interrupted", "running"):
+            why = failure.get("reason") or f"the soak ended {status}"
+            errors.append(f"soak: {why}")
+    return _unique(cases), ("; ".join(errors) or None)
+
+
+def _unique(cases: list[LavaCase]) -> list[LavaCase]:
+    """Suffix repeated names ``.2``, ``.3`` (two thresholds may judge the same metric)."""
+    seen: dict[str, int] = {}
+    out = []
+    for c in cases:
+        n = seen.get(c.name, 0) + 1
+        seen[c.name] = n
+        out.append(c if n == 1 else LavaCase(f"{c.name}.{n}", c.result, c.measurement, c.units))
+    return out
 
 
 def render_cases(cases: Sequence[LavaCase], harness_error: str | None,
@@ -203,6 +239,12 @@ class JobOptions:
     verdict: str = "cgl-2.0"
     stress: bool = False
     suite_binary: str = ""
+    #: build directory holding built stress programs (``stress/aem_*``) on the device;
+    #: empty: ``cglcert stress`` / ``soak`` build them there
+    stress_build_dir: str = ""
+    soak: str = ""  #: ``cglcert soak --duration`` value; empty: no soak
+    soak_minutes: int = 0  #: the soak's duration, added to the test timeout
+    soak_round: str = "60"
     kernel_args: str = ""
     #: LAVA's ``os`` of the rootfs: ``oe`` runs the test shell with /bin/sh (busybox
     #: ramdisks such as :func:`build_ramdisk`'s), ``debian`` with /bin/bash.
@@ -215,16 +257,35 @@ class JobOptions:
     metadata: Mapping[str, str] = field(default_factory=dict)
 
 
-#: Minutes. ``test`` grows by ``stress_extra`` when the stress step runs.
+#: Minutes. ``test`` grows when the stress or soak steps run (:func:`test_minutes`).
 DEFAULT_TIMEOUTS = {"job": 90, "deploy": 10, "boot": 10, "test": 60, "connection": 2}
 STRESS_EXTRA_MINUTES = 30
+#: Minutes beyond a soak's duration (its build, the last round's overrun).
+SOAK_MARGIN_MINUTES = 15
 
 
-def test_definition(*, project_dir: str = "/opt/aem-cgl", chroot: str = "",
-                    backend: str = "user", verdict: str = "cgl-2.0", stress: bool = False,
-                    suite_binary: str = "") -> dict[str, Any]:
-    """The Lava-Test Shell definition (YAML-ready dict); the arguments are its ``params``
-    defaults, which a job's ``parameters:`` override."""
+def testdef_params(*, project_dir: str = "/opt/aem-cgl", chroot: str = "",
+                   backend: str = "user", verdict: str = "cgl-2.0", stress: bool = False,
+                   suite_binary: str = "", stress_build_dir: str = "", soak: str = "",
+                   soak_round: str = "60") -> dict[str, str]:
+    """The test definition's ``params`` (a job's ``parameters:`` override them):
+
+    ``CGLCERT_DIR`` the built project on the device; ``CHROOT`` run it chrooted there
+    (``/host``: the worker's root in the qemu ramdisk); ``BACKEND``, ``VERDICT``;
+    ``STRESS`` true: also ``cglcert stress --quick``; ``SUITE_BINARY`` a built
+    aem_conformance; ``STRESS_BUILD_DIR`` built stress programs (``--no-build``); ``SOAK``
+    a ``cglcert soak --duration`` (empty: none) in rounds of ``SOAK_ROUND``.
+    """
+    return {
+        "CGLCERT_DIR": project_dir, "CHROOT": chroot, "BACKEND": backend, "VERDICT": verdict,
+        "STRESS": "true" if stress else "false", "SUITE_BINARY": suite_binary,
+        "STRESS_BUILD_DIR": stress_build_dir, "SOAK": soak, "SOAK_ROUND": soak_round,
+    }
+
+
+def test_definition(params: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The Lava-Test Shell definition (YAML-ready dict) with *params* as its defaults
+    (:func:`testdef_params`)."""
     steps = [
         # Everything below runs in one script; keep it busybox-sh compatible.
         'echo "cglcert: project $CGLCERT_DIR, chroot ${CHROOT:-none}, backend $BACKEND"',
@@ -239,11 +300,16 @@ def test_definition(*, project_dir: str = "/opt/aem-cgl", chroot: str = "",
         '$BINARG -q" || echo "cglcert run exited $?"',
         'incg "cat $OUT/suite.log" | tail -n 40 || true',
         'lava-test-set stop conformance',
+        'SB=; [ -n "$STRESS_BUILD_DIR" ] && SB="--build-dir $STRESS_BUILD_DIR --no-build"',
         'STRESSARG=; if [ "$STRESS" = "true" ]; then lava-test-set start stress; '
-        'incg "./cglcert stress --quick --backend $BACKEND --out $OUT" '
+        'incg "./cglcert stress --quick --backend $BACKEND --out $OUT $SB" '
         '|| echo "cglcert stress exited $?"; STRESSARG="--stress $OUT/stress.json"; '
         'lava-test-set stop stress; fi',
-        'incg "./cglcert lava results $OUT/results.json $STRESSARG '
+        'SOAKARG=; if [ -n "$SOAK" ]; then lava-test-set start soak; '
+        'incg "./cglcert soak --duration $SOAK --round $SOAK_ROUND --backend $BACKEND '
+        '--out $OUT/soak $SB" || echo "cglcert soak exited $?"; '
+        'SOAKARG="--soak $OUT/soak/soak.json"; lava-test-set stop soak; fi',
+        'incg "./cglcert lava results $OUT/results.json $STRESSARG $SOAKARG '
         '> $OUT/lava-cases.sh" || lava-test-raise "cglcert lava results failed: no usable '
         'results.json"',
         'cat "$HOSTOUT/lava-cases.sh" | grep -c lava-test-case || true',
@@ -254,23 +320,24 @@ def test_definition(*, project_dir: str = "/opt/aem-cgl", chroot: str = "",
             "format": "Lava-Test Test Definition 1.0",
             "name": TESTDEF_NAME,
             "description": "CGL asynchronous-event conformance suite (cglcert run conformance, "
-                           "optionally cglcert stress --quick); one LAVA test case per "
-                           "requirement, test and measurement",
+                           "optionally cglcert stress --quick and cglcert soak); one LAVA "
+                           "test case per requirement, test and measurement",
             "maintainer": ["aem-cgl project"],
             "os": ["debian"],
             "scope": ["functional", "performance"],
             "devices": ["qemu", "x86"],
         },
-        "params": {
-            "CGLCERT_DIR": project_dir,
-            "CHROOT": chroot,
-            "BACKEND": backend,
-            "VERDICT": verdict,
-            "STRESS": "true" if stress else "false",
-            "SUITE_BINARY": suite_binary,
-        },
+        "params": dict(params if params is not None else testdef_params()),
         "run": {"steps": steps},
     }
+
+
+def test_minutes(base: int, stress: bool, soak_minutes: int) -> int:
+    """The test action's timeout: *base* plus the stress run and the soak (with a margin)."""
+    extra = STRESS_EXTRA_MINUTES if stress else 0
+    if soak_minutes:
+        extra += soak_minutes + SOAK_MARGIN_MINUTES
+    return base + extra
 
 
 def _minutes(n: int) -> dict[str, int]:
@@ -282,9 +349,10 @@ def job_definition(o: JobOptions) -> dict[str, Any]:
     t = dict(DEFAULT_TIMEOUTS, **o.timeouts)
     name = o.job_name or f"cglcert conformance {o.kernel_release} ({o.device_type})"
     chroot = "/host" if (o.boot_method == "qemu" and o.host_root) else ""
-    params = {"CGLCERT_DIR": o.project_dir, "CHROOT": chroot, "BACKEND": o.backend,
-              "VERDICT": o.verdict, "STRESS": "true" if o.stress else "false",
-              "SUITE_BINARY": o.suite_binary}
+    params = testdef_params(
+        project_dir=o.project_dir, chroot=chroot, backend=o.backend, verdict=o.verdict,
+        stress=o.stress, suite_binary=o.suite_binary, stress_build_dir=o.stress_build_dir,
+        soak=o.soak, soak_round=o.soak_round)
     if o.testdef_repo:
         definition: dict[str, Any] = {
             "repository": o.testdef_repo, "from": "git",
@@ -295,9 +363,7 @@ def job_definition(o: JobOptions) -> dict[str, Any]:
             definition["revision"] = o.testdef_revision
     else:
         definition = {
-            "repository": test_definition(
-                project_dir=o.project_dir, chroot=chroot, backend=o.backend,
-                verdict=o.verdict, stress=o.stress, suite_binary=o.suite_binary),
+            "repository": test_definition(params),
             "from": "inline", "path": f"inline/{TESTDEF_NAME}.yaml", "name": TESTDEF_NAME,
         }
 
@@ -352,7 +418,7 @@ def job_definition(o: JobOptions) -> dict[str, Any]:
         "prompts": [PROMPT, "root@.*:.*# ", "/ # "],
     })
     test = {
-        "timeout": _minutes(t["test"] + (STRESS_EXTRA_MINUTES if o.stress else 0)),
+        "timeout": _minutes(test_minutes(t["test"], o.stress, o.soak_minutes)),
         "definitions": [definition],
     }
     job["actions"] = [{"deploy": deploy}, {"boot": boot}, {"test": test}]

@@ -63,6 +63,8 @@ def sample_stress() -> dict[str, Any]:
         "verdicts": {
             "AEM-3.5.1": {"verdict": "PASS", "thresholds": [
                 {"metric": "occurrences_delivered", "measured": 1000, "unit": "events",
+                 "verdict": "PASS"},
+                {"metric": "occurrences_delivered", "measured": 1000, "unit": "events",
                  "verdict": "PASS"}]},
             "AEM-3.2.1": {"verdict": "MISSING", "thresholds": [
                 {"metric": "high_prio_latency_p99_loaded", "measured": None, "unit": "ns",
@@ -129,6 +131,7 @@ def test_stress_cases() -> None:
     assert c["stress.AEM-3.5.1"].result == "pass"
     assert c["stress.AEM-3.5.1.occurrences_delivered"].measurement == 1000
     assert c["stress.AEM-3.5.1.occurrences_delivered"].units == "events"
+    assert c["stress.AEM-3.5.1.occurrences_delivered.2"].measurement == 1000, "unique names"
     assert c["stress.AEM-3.2.1"].result == "fail", "an unmeasured threshold does not pass"
     assert "stress.AEM-3.2.1.high_prio_latency_p99_loaded" not in c
     assert c["stress.duplicated"].result == "fail" and c["stress.lost"].result == "pass"
@@ -136,6 +139,29 @@ def test_stress_cases() -> None:
     crashed = sample_stress()
     crashed["summary"]["crashed_programs"] = ["aem_stress_delivery"]
     assert "aem_stress_delivery" in (lava.lava_cases(None, crashed)[1] or "")
+
+
+def sample_soak(status: str = "passed") -> dict[str, Any]:
+    failed = status == "failed"
+    return {"schema": "cglcert-soak/1", "status": status,
+            "totals": {"rounds": 3, "activated": 30, "delivered": 29 if failed else 30,
+                       "lost": 1 if failed else 0, "duplicated": 0, "overlaps": 0},
+            "failure": {"round": 3, "verdict": "FAIL", "reason": "lost=1"} if failed else None}
+
+
+def test_soak_cases() -> None:
+    c = _by_name(lava.lava_cases(None, None, sample_soak())[0])
+    assert c["soak"].result == "pass" and c["soak.rounds"].measurement == 3
+    assert c["soak.delivered"].units == "events" and c["soak.lost"].result == "pass"
+    assert "soak.failed_round" not in c
+    cases, error = lava.lava_cases(None, None, sample_soak("failed"))
+    c = _by_name(cases)
+    assert error is None, "a loss is a kernel/library failure, not an infrastructure error"
+    assert c["soak"].result == "fail" and c["soak.lost"].result == "fail"
+    assert c["soak.failed_round"].measurement == 3
+    for status in ("error", "interrupted", "running"):
+        cases, error = lava.lava_cases(None, None, sample_soak(status))
+        assert _by_name(cases)["soak"].result == "unknown" and error and "soak" in error
 
 
 def test_helpers() -> None:
@@ -155,6 +181,12 @@ def test_cli_results(tmp_path: Path, run_cli: Callable[..., Any]) -> None:
     lines = list(lava.iter_case_lines(r.out))
     assert any(shlex.split(x)[1] == "AEM-3.1.1" for x in lines)
     assert any(shlex.split(x)[1] == "stress.AEM-3.5.1" for x in lines)
+    sk = tmp_path / "soak.json"
+    sk.write_text(json.dumps(sample_soak()))
+    r = run_cli("lava", "results", str(res), "--soak", str(sk), "--format", "txt")
+    assert r.code == 0 and "soak pass\n" in r.out and "soak.rounds pass 3 rounds" in r.out
+    r = run_cli("lava", "results", str(res), "--soak", str(st))
+    assert r.code == 2 and "not a cglcert soak.json" in r.err
     r = run_cli("lava", "results", str(res), "--format", "txt")
     assert r.code == 0 and "AEM-3.1.1 pass\n" in r.out
 
@@ -203,6 +235,10 @@ def artifacts(tmp_path: Path) -> tuple[Path, Path]:
     (["--testdef-path", "x.yaml"], "need --testdef-repo"),
     (["--testdef-repo", "https://example.org/x.git", "--testdef-path", "/abs.yaml"],
      "relative path"),
+    (["--soak", "forever"], "30m, 8h"),
+    (["--soak", "10m", "--soak-round", "1h"], "--soak-round"),
+    (["--soak", "8h", "--job-timeout", "100"], "with --soak"),
+    (["--stress-build-dir", "rel"], "absolute path"),
     (["--project-dir", "relative/dir"], "absolute path"),
     (["--suite-binary", "a b"], "absolute path"),
 ])
@@ -294,13 +330,32 @@ def test_qemu_job(tmp_path: Path, run_cli: Callable[..., Any],
     p = inline["params"]
     assert p == {"CGLCERT_DIR": "/srv/aem-cgl", "CHROOT": "/host", "BACKEND": "user",
                  "VERDICT": "cgl-2.0", "STRESS": "true",
-                 "SUITE_BINARY": "/srv/aem-cgl/build/aem_conformance"}
+                 "SUITE_BINARY": "/srv/aem-cgl/build/aem_conformance",
+                 "STRESS_BUILD_DIR": "", "SOAK": "", "SOAK_ROUND": "60"}
     steps = inline["run"]["steps"]
     assert all(isinstance(s, str) for s in steps)
     script = "\n".join(steps)
     assert "./cglcert run conformance" in script and "./cglcert stress --quick" in script
     assert "./cglcert lava results" in script and "lava-test-raise" in script
     subprocess.run(["sh", "-n"], input=script, text=True, check=True)  # valid shell
+
+
+def test_soak_in_the_job(tmp_path: Path, run_cli: Callable[..., Any],
+                         artifacts: tuple[Path, Path]) -> None:
+    k, r = artifacts
+    job, testdef, _ = _job(tmp_path, run_cli, "--kernel", str(k), "--ramdisk", str(r),
+                           "--soak", "2h", "--soak-round", "5m",
+                           "--stress-build-dir", "/srv/build/stress-programs")
+    test = job["actions"][2]["test"]
+    assert test["timeout"]["minutes"] == 60 + 120 + lava.SOAK_MARGIN_MINUTES
+    assert job["timeouts"]["job"]["minutes"] >= 10 + 10 + test["timeout"]["minutes"]
+    p = testdef["params"]
+    assert p["SOAK"] == "2h" and p["SOAK_ROUND"] == "5m"
+    assert p["STRESS_BUILD_DIR"] == "/srv/build/stress-programs"
+    script = "\n".join(testdef["run"]["steps"])
+    assert "./cglcert soak --duration $SOAK --round $SOAK_ROUND" in script
+    assert "--soak $OUT/soak/soak.json" in script and "--no-build" in script
+    subprocess.run(["sh", "-n"], input=script, text=True, check=True)
 
 
 def test_lab_job_and_git_testdef(tmp_path: Path, run_cli: Callable[..., Any],

@@ -24,13 +24,13 @@ from cglcert import kernels as kc
 from cglcert import lava
 
 DESCRIPTION = """\
-Write a LAVA job that runs the CGL conformance suite (and, with --stress, cglcert stress
---quick) on a LAVA-managed device and reports every requirement, test and measurement
-with lava-test-case.
+Write a LAVA job that runs the CGL conformance suite (with --stress also cglcert stress
+--quick, with --soak T also cglcert soak) on a LAVA-managed device and reports every
+requirement, test and measurement with lava-test-case.
 
   cglcert lava job --out DIR [options]       DIR/job.yaml, DIR/cglcert-conformance.yaml
                                               (+ DIR/ramdisk.cpio.gz for qemu devices)
-  cglcert lava results RESULTS.json [--stress STRESS.json]
+  cglcert lava results RESULTS.json [--stress STRESS.json] [--soak SOAK.json]
                                               lava-test-case commands (run on the device)
 
 qemu devices (default): the job deploys Debian's kernel and a ramdisk to tmpfs and boots
@@ -98,6 +98,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     j.add_argument("--stress", action="store_true",
                    help="also run cglcert stress --quick and report its thresholds "
                         f"(adds {lava.STRESS_EXTRA_MINUTES} minutes to the test timeout)")
+    j.add_argument("--soak", default=None, metavar="T",
+                   help="also run cglcert soak for T (30m, 8h, ...) and report it (adds T to "
+                        "the test timeout)")
+    j.add_argument("--soak-round", default="60", metavar="S",
+                   help="soak round length (default 60 s)")
+    j.add_argument("--stress-build-dir", default=None, metavar="PATH",
+                   help="absolute path of a build directory with built stress programs on "
+                        "the device (stress and soak run with --no-build; default: "
+                        "PROJECT/build/cglcert-stress when built on this host with the "
+                        "worker's root shared, else they build on the device)")
     j.add_argument("--job-name", default=None, metavar="TEXT",
                    help="job name (default: 'cglcert conformance RELEASE (DEVICE-TYPE)')")
     j.add_argument("--priority", default="medium", metavar="P",
@@ -141,6 +151,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="results.json of cglcert run")
     r.add_argument("--stress", type=Path, default=None, metavar="STRESS.json",
                    help="stress.json of cglcert stress, reported as stress.* cases")
+    r.add_argument("--soak", type=Path, default=None, metavar="SOAK.json",
+                   help="soak.json of cglcert soak, reported as soak.* cases")
     r.add_argument("--format", choices=("commands", "txt"), default="commands",
                    help="commands: lava-test-case lines to source in a test step (and "
                         "lava-test-raise on a harness error); txt: Linaro result.txt lines")
@@ -202,17 +214,35 @@ def _timeouts(args: argparse.Namespace) -> dict[str, int]:
         if not 1 <= v <= _MAX_MINUTES:
             raise UsageError(f"--{name}-timeout {v}: give whole minutes, 1..{_MAX_MINUTES}")
         t[name] = v
-    test = t["test"] + (lava.STRESS_EXTRA_MINUTES if args.stress else 0)
+    test = lava.test_minutes(t["test"], args.stress, _soak_minutes(args))
     need = t["deploy"] + t["boot"] * max(1, args.failure_retry) + test
     t.setdefault("job", need + JOB_MARGIN_MINUTES)
     if t["job"] < need:
         raise UsageError(
             f"--job-timeout {t['job']} is shorter than deploy + boot x retries + test = {need} "
-            f"minutes{' (with --stress)' if args.stress else ''}: LAVA would cancel the job "
+            f"minutes{' (with --stress)' if args.stress else ''}"
+            f"{' (with --soak)' if args.soak else ''}: LAVA would cancel the job "
             f"before its actions may end; give --job-timeout {need} or more, or shorten the "
             "action timeouts")
     t["connection"] = lava.DEFAULT_TIMEOUTS["connection"]
     return t
+
+
+def _soak_minutes(args: argparse.Namespace) -> int:
+    """Minutes of --soak (0 without), validated like ``cglcert soak`` does."""
+    if not args.soak:
+        return 0
+    from cglcert.commands.soak import MIN_ROUND_S, parse_duration  # needs the venv
+
+    duration = parse_duration("--soak", args.soak)
+    round_s = parse_duration("--soak-round", args.soak_round)
+    if duration < MIN_ROUND_S or round_s < MIN_ROUND_S or round_s > duration:
+        raise UsageError(f"--soak {args.soak} --soak-round {args.soak_round}: give a soak of "
+                         f"at least {MIN_ROUND_S:g} s and a round between {MIN_ROUND_S:g} s "
+                         "and the soak's duration")
+    if " " in args.soak.strip() or " " in args.soak_round.strip():
+        raise UsageError("--soak, --soak-round: write the number and unit together (30m)")
+    return -(-int(duration) // 60)
 
 
 def _kernel(args: argparse.Namespace) -> tuple[str, str, Any]:
@@ -293,6 +323,14 @@ def run_job(args: argparse.Namespace) -> int:
         binary = str(cand) if host_root and cand.is_file() else ""
     elif binary:
         _check_abs("--suite-binary", binary)
+    stress_build = args.stress_build_dir
+    if stress_build is None:
+        cand = Path(project) / "build/cglcert-stress"
+        built = all((cand / "stress" / p).is_file()
+                    for p in ("aem_stress_delivery", "aem_stress_atomicity"))
+        stress_build = str(cand) if host_root and built and (args.stress or args.soak) else ""
+    elif stress_build:
+        _check_abs("--stress-build-dir", stress_build)
     if args.ramdisk is None and args.no_host_root:
         raise UsageError("--no-host-root needs --ramdisk URL: a gzip'd cpio rootfs holding "
                          "the built project at --project-dir")
@@ -319,15 +357,18 @@ def run_job(args: argparse.Namespace) -> int:
         priority=_priority(args.priority), visibility=args.visibility, tags=args.tag,
         smp=args.smp, memory_mb=args.memory, host_root=host_root, project_dir=project,
         backend=args.backend, verdict=args.verdict, stress=args.stress, suite_binary=binary,
+        stress_build_dir=stress_build, soak=(args.soak or "").strip(),
+        soak_minutes=_soak_minutes(args), soak_round=args.soak_round.strip(),
         kernel_args=args.append, timeouts=_timeouts(args), failure_retry=args.failure_retry,
         os=args.os or ("debian" if args.ramdisk is not None else "oe"),
         testdef_repo=args.testdef_repo, testdef_path=args.testdef_path,
         testdef_revision=args.testdef_revision)
     job_file, testdef_file = out / "job.yaml", out / f"{lava.TESTDEF_NAME}.yaml"
     job_file.write_text(lava.dump_yaml(lava.job_definition(opts)), encoding="utf-8")
-    testdef = lava.test_definition(
+    testdef = lava.test_definition(lava.testdef_params(
         project_dir=project, chroot="/host" if host_root else "", backend=args.backend,
-        verdict=args.verdict, stress=args.stress, suite_binary=binary)
+        verdict=args.verdict, stress=args.stress, suite_binary=binary,
+        stress_build_dir=stress_build, soak=opts.soak, soak_round=opts.soak_round))
     testdef_file.write_text(lava.dump_yaml(testdef), encoding="utf-8")
     print(f"job:             {job_file}\ntest definition: {testdef_file}\n"
           f"kernel:          {kernel_url}\nramdisk:         {ramdisk_url}")
@@ -389,7 +430,11 @@ def run_results(args: argparse.Namespace) -> int:
     stress = _read_json("--stress", args.stress) if args.stress else None
     if stress is not None and "verdicts" not in stress:
         raise UsageError(f"--stress {args.stress}: not a cglcert stress.json (no 'verdicts')")
-    cases, error = lava.lava_cases(results, stress)
+    soak = _read_json("--soak", args.soak) if args.soak else None
+    if soak is not None and not str(soak.get("schema", "")).startswith("cglcert-soak/"):
+        raise UsageError(f"--soak {args.soak}: not a cglcert soak.json (no schema "
+                         "'cglcert-soak/1')")
+    cases, error = lava.lava_cases(results, stress, soak)
     sys.stdout.write(lava.render_cases(cases, error, args.format))
     if error:
         sys.stderr.write(f"cglcert lava: harness error: {error}\n")
