@@ -198,12 +198,14 @@ def test_passes_and_checkpoints_every_round(tmp_path: Path, fake_build: Path,
     assert f"soak passed: {len(doc['rounds'])} rounds" in r.out
 
 
-@pytest.mark.parametrize("var, field", [("SOAK_FAKE_LOSE_AT", "lost"),
-                                        ("SOAK_FAKE_OVERLAP_AT", "overlaps")])
+@pytest.mark.parametrize("var, field, reason", [
+    ("SOAK_FAKE_LOSE_AT", "lost", "lost=1"),
+    ("SOAK_FAKE_OVERLAP_AT", "overlaps", "handler_overlaps=1"),
+])
 def test_stops_at_first_loss_or_overlap(tmp_path: Path, fake_build: Path,
                                         run_cli: Callable[..., Any],
                                         monkeypatch: pytest.MonkeyPatch,
-                                        var: str, field: str) -> None:
+                                        var: str, field: str, reason: str) -> None:
     monkeypatch.setenv(var, "2")
     out = tmp_path / "out"
     r = run_cli(*_soak_args(fake_build, out, "--duration", "1h", "--round", "1"))
@@ -212,7 +214,8 @@ def test_stops_at_first_loss_or_overlap(tmp_path: Path, fake_build: Path,
     assert doc["status"] == "failed"
     assert [x["verdict"] for x in doc["rounds"]] == ["PASS", "FAIL"], "stops at round 2"
     assert doc["rounds"][1][field] == 1
-    assert doc["failure"]["round"] == 2 and f"{'handler_overlaps' if field == 'overlaps' else field}=1" in doc["failure"]["reason"]
+    assert doc["failure"]["round"] == 2 and reason in doc["failure"]["reason"]
+    assert doc["totals"]["rounds"] == 2
 
 
 def test_crash_is_infrastructure_error(tmp_path: Path, fake_build: Path,
