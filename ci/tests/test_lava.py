@@ -510,8 +510,9 @@ def test_lava_run_end_to_end(tmp_path: Path, run_cli: Callable[..., Any],
     proc = subprocess.run([str(LAVA_RUN), "--job-id", "1", "--output-dir", str(tmp_path / "lava"),
                            "--device", str(device), str(out / "job.yaml")],
                           capture_output=True, text=True, timeout=45 * 60, check=False)
+    log = proc.stdout + proc.stderr  # lava-run logs to stderr, one YAML mapping a line
     results = []
-    for line in proc.stdout.splitlines():
+    for line in log.splitlines():
         try:
             entry = yaml.safe_load(line)
         except yaml.YAMLError:
@@ -519,7 +520,7 @@ def test_lava_run_end_to_end(tmp_path: Path, run_cli: Callable[..., Any],
         if isinstance(entry, dict) and entry.get("lvl") == "results":
             results.append(entry["msg"])
     job_result = [r for r in results if r.get("case") == "job"]
-    assert job_result and job_result[-1]["result"] == "pass", proc.stdout[-3000:]
+    assert job_result and job_result[-1]["result"] == "pass", log[-3000:]
     cases = {r["case"]: r["result"] for r in results
              if r.get("definition") == f"0_{lava.TESTDEF_NAME}"}
     assert "AEM-3.1.1" in cases and "cgl-2.0" in cases
