@@ -44,21 +44,31 @@
  * AEM_EV_CLOSE reports the connection's end: the peer's close or reset,
  * or the owner's shutdown().
  *
- * TCP states are sampled on each wakeup of the socket's wait queue:
- * every transition that wakes the queue (all the ones of a connection's
- * life: SYN_SENT->ESTABLISHED, ->CLOSE_WAIT on FIN, ->LAST_ACK,
- * ->FIN_WAIT*, ->CLOSE on the last ACK or a reset) is seen; transitions
- * that follow each other before the owner runs are reported as one (old,
- * new) pair.
+ * TCP states come from the inet_sock_set_state tracepoint, which reports
+ * every transition with its old and new state (notes §3): the module
+ * finds it with for_each_kernel_tracepoint() (its symbol is not exported)
+ * and attaches one probe for all SK registrations, which are in a hash by
+ * struct sock (aem_sk_lock, irq-safe: the probe runs in softirq too). The
+ * probe records the transition in the registration's embedded ring (no
+ * allocation; a full ring merges the newest into its last entry) and asks
+ * for a re-check, which delivers them one by one, in order. Without the
+ * tracepoint (a kernel built without it) the state is sampled on each
+ * wakeup of the socket's wait queue instead: every transition of a
+ * connection's life wakes it, but two in a row before the owner runs are
+ * reported as one (old, new) pair. /sys/kernel/debug/aem_sock/sk_tracepoint
+ * says which one runs.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
 #include <linux/debugfs.h>
 #include <linux/file.h>
+#include <linux/hashtable.h>
 #include <linux/module.h>
 #include <linux/net.h>
 #include <linux/poll.h>
 #include <linux/rcupdate.h>
+#include <linux/spinlock.h>
+#include <linux/tracepoint.h>
 #include <linux/wait.h>
 #include <net/af_unix.h>
 #include <net/sock.h>
@@ -82,6 +92,15 @@ static struct aem_fault_attr aem_sock_fail_accept = AEM_FAULT_ATTR(fail_accept);
 static struct aem_fault_attr aem_sock_fail_read = AEM_FAULT_ATTR(fail_read);
 static struct dentry *aem_sock_debugfs;
 
+#define AEM_SK_RING	16
+
+/* SK registrations by struct sock, for the tracepoint probe. */
+static DEFINE_SPINLOCK(aem_sk_lock);
+static DEFINE_HASHTABLE(aem_sk_hash, 6);
+static atomic_t aem_sk_nwatch = ATOMIC_INIT(0);
+static struct tracepoint *aem_sk_tp;
+static u32 aem_sk_tp_on;	/* debugfs: the tracepoint serves SK */
+
 /**
  * struct aem_sock - family state of a socket registration
  * @reg:      the registration
@@ -99,6 +118,12 @@ static struct dentry *aem_sock_debugfs;
  * @done:     READ: end of file delivered; CLOSE: the close delivered
  * @nomem:    READ: -ENOMEM reported, waiting for arena room
  * @arrivals: SOCK: wakeups since the last re-check
+ * @tp_node:  SK: in aem_sk_hash (aem_sk_lock)
+ * @tp_sk:    SK: the sock, the hash key
+ * @tr:       SK: transitions (old, new) from the tracepoint, a ring
+ *            (aem_sk_lock)
+ * @tr_head:  SK: first entry of @tr
+ * @tr_n:     SK: entries in @tr
  */
 struct aem_sock {
 	struct aem_event *reg;
@@ -115,7 +140,79 @@ struct aem_sock {
 	bool done;
 	bool nomem;
 	atomic_t arrivals;
+	struct hlist_node tp_node;
+	struct sock *tp_sk;
+	u8 tr[AEM_SK_RING][2];
+	u8 tr_head;
+	u8 tr_n;
 };
+
+/* inet_sock_set_state: any context, any TCP socket of the system. */
+static void aem_sk_probe(void *data, const struct sock *sk, const int old,
+			 const int now)
+{
+	struct aem_sock *w;
+	unsigned long flags;
+	unsigned int i;
+
+	if (!atomic_read(&aem_sk_nwatch))
+		return;
+	spin_lock_irqsave(&aem_sk_lock, flags);
+	hash_for_each_possible(aem_sk_hash, w, tp_node, (unsigned long)sk) {
+		if (w->tp_sk != sk)
+			continue;
+		if (w->tr_n == AEM_SK_RING) {
+			/* Full: the newest state ends the last transition. */
+			i = (w->tr_head + w->tr_n - 1) % AEM_SK_RING;
+		} else {
+			i = (w->tr_head + w->tr_n++) % AEM_SK_RING;
+			w->tr[i][0] = old;
+		}
+		w->tr[i][1] = now;
+		aem_recheck_later(w->reg);
+	}
+	spin_unlock_irqrestore(&aem_sk_lock, flags);
+}
+
+/* The oldest recorded transition into @old, @now; false if none. */
+static bool aem_sk_pop(struct aem_sock *w, int *old, int *now)
+{
+	unsigned long flags;
+	bool ret = false;
+
+	spin_lock_irqsave(&aem_sk_lock, flags);
+	if (w->tr_n) {
+		*old = w->tr[w->tr_head][0];
+		*now = w->tr[w->tr_head][1];
+		w->tr_head = (w->tr_head + 1) % AEM_SK_RING;
+		w->tr_n--;
+		ret = true;
+	}
+	spin_unlock_irqrestore(&aem_sk_lock, flags);
+	return ret;
+}
+
+static void aem_sk_watch(struct aem_sock *w)
+{
+	unsigned long flags;
+
+	w->tp_sk = w->sock->sk;
+	spin_lock_irqsave(&aem_sk_lock, flags);
+	hash_add(aem_sk_hash, &w->tp_node, (unsigned long)w->tp_sk);
+	atomic_inc(&aem_sk_nwatch);
+	spin_unlock_irqrestore(&aem_sk_lock, flags);
+}
+
+/* After it returns the probe no longer touches @w. */
+static void aem_sk_unwatch(struct aem_sock *w)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&aem_sk_lock, flags);
+	hash_del(&w->tp_node);
+	atomic_dec(&aem_sk_nwatch);
+	spin_unlock_irqrestore(&aem_sk_lock, flags);
+}
 
 static int aem_sock_wake(struct wait_queue_entry *wait, unsigned int mode,
 			 int sync, void *key)
@@ -250,6 +347,8 @@ static int aem_sock_setup(struct aem_event *reg, const union aem_reg_arg *arg)
 		goto out_put;
 	}
 	aem_reg_set_fd(reg, arg->sock.fd);
+	if (w->type == AEM_EV_SK && aem_sk_tp)
+		aem_sk_watch(w);
 	if (w->type == AEM_EV_SOCK) {
 		revents &= READ_ONCE(w->mask);
 		if (revents)
@@ -270,6 +369,8 @@ static void aem_sock_teardown(struct aem_event *reg)
 {
 	struct aem_sock *w = aem_reg_priv(reg);
 
+	if (w->tp_sk)
+		aem_sk_unwatch(w);
 	aem_sock_unhook(w);
 	fput(w->file);
 }
@@ -403,6 +504,17 @@ static void aem_sock_recheck_sk(struct aem_sock *w)
 
 	if (!aem_reg_idle(w->reg))
 		return;		/* one transition per delivery */
+	if (w->tp_sk) {
+		/* Exact transitions, in order; skip those filtered out. */
+		while (aem_sk_pop(w, &old, &now)) {
+			w->tcp_state = now;
+			if (READ_ONCE(w->states) & BIT(now)) {
+				aem_activate_data(w->reg, now, old, 0);
+				return;
+			}
+		}
+		return;
+	}
 	now = READ_ONCE(w->sock->sk->sk_state);
 	old = w->tcp_state;
 	if (now == old)
@@ -494,27 +606,55 @@ static void aem_sock_unregister(int n)
 		aem_unregister_family(&aem_sock_families[n]);
 }
 
+static void aem_sk_find_tp(struct tracepoint *tp, void *priv)
+{
+	if (!strcmp(tp->name, "inet_sock_set_state"))
+		aem_sk_tp = tp;
+}
+
 static int __init aem_sock_init(void)
 {
 	int i, ret;
+
+	for_each_kernel_tracepoint(aem_sk_find_tp, NULL);
+	if (aem_sk_tp && tracepoint_probe_register(aem_sk_tp, aem_sk_probe,
+						   NULL)) {
+		pr_warn("inet_sock_set_state: cannot attach, sampling TCP states\n");
+		aem_sk_tp = NULL;
+	}
+	aem_sk_tp_on = !!aem_sk_tp;
 
 	for (i = 0; i < ARRAY_SIZE(aem_sock_families); i++) {
 		ret = aem_register_family(&aem_sock_families[i]);
 		if (ret) {
 			aem_sock_unregister(i);
-			return ret;
+			goto out_tp;
 		}
 	}
 	aem_sock_debugfs = debugfs_create_dir("aem_sock", NULL);
 	aem_fault_debugfs(aem_sock_debugfs, &aem_sock_fail_accept);
 	aem_fault_debugfs(aem_sock_debugfs, &aem_sock_fail_read);
+	debugfs_create_u32("sk_tracepoint", 0400, aem_sock_debugfs,
+			   &aem_sk_tp_on);
 	return 0;
+
+out_tp:
+	if (aem_sk_tp) {
+		tracepoint_probe_unregister(aem_sk_tp, aem_sk_probe, NULL);
+		tracepoint_synchronize_unregister();
+	}
+	return ret;
 }
 
 static void __exit aem_sock_exit(void)
 {
 	debugfs_remove(aem_sock_debugfs);
 	aem_sock_unregister(ARRAY_SIZE(aem_sock_families));
+	/* No registration is left: the probe only checks the counter. */
+	if (aem_sk_tp) {
+		tracepoint_probe_unregister(aem_sk_tp, aem_sk_probe, NULL);
+		tracepoint_synchronize_unregister();
+	}
 }
 
 module_init(aem_sock_init);

@@ -36,7 +36,7 @@
 
 #include <linux/aem.h>
 
-#define NTESTS 41
+#define NTESTS 42
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 static int test_no;
@@ -2048,9 +2048,81 @@ static void t_sock_faults_exit(void)
 	CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "status %x", st);
 }
 
+/* With the inet_sock_set_state tracepoint: every transition, in order. */
+static void t_sock_sk_exact(void)
+{
+	struct aem_delivery d[8];
+	struct sockaddr_in a = { .sin_family = AF_INET,
+				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	int fd = open("/dev/aem", O_RDWR | O_CLOEXEC), srv, cli, c2, l;
+	int ids, idc, n, got = 0, i;
+	int want_srv[2][2] = { { TCP_CLOSE_WAIT, TCP_LAST_ACK },
+			       { TCP_LAST_ACK, TCP_CLOSE } };
+	int want_cli[2][2] = { { TCP_CLOSE, TCP_SYN_SENT },
+			       { TCP_SYN_SENT, TCP_ESTABLISHED } };
+	uint64_t seen[2][2];
+	uint16_t port;
+
+	CHECK(fd >= 0, "open");
+	CHECK(tcp_pair(&srv, &cli) == 0, "tcp pair");
+	ids = reg_sock(fd, AEM_EV_SK, srv, 0, 0);
+	CHECK(ids > 0, "register %d", ids);
+	close(cli);
+	n = wait_ev(fd, d, 8, 2000000000);
+	CHECK(n == 1 && d[0].data[0] == TCP_ESTABLISHED &&
+	      d[0].value == TCP_CLOSE_WAIT, "close_wait: n %d", n);
+	/* Two transitions before we look: both reported, in order. */
+	CHECK(shutdown(srv, SHUT_WR) == 0, "shutdown");
+	for (i = 0; i < 1000000; i++) {
+		struct tcp_info ti;
+		socklen_t len = sizeof(ti);
+
+		CHECK(getsockopt(srv, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0,
+		      "tcp_info");
+		if (ti.tcpi_state == TCP_CLOSE)
+			break;
+		sched_yield();
+	}
+	while (got < 2 && (n = wait_ev(fd, d, 1, 1000000000)) == 1) {
+		seen[got][0] = d[0].data[0];
+		seen[got][1] = d[0].value;
+		got++;
+	}
+	CHECK(got == 2, "transitions after shutdown: %d", got);
+	for (i = 0; i < 2; i++)
+		CHECK(seen[i][0] == (uint64_t)want_srv[i][0] &&
+		      seen[i][1] == (uint64_t)want_srv[i][1],
+		      "transition %d: %llu -> %llu", i,
+		      (unsigned long long)seen[i][0],
+		      (unsigned long long)seen[i][1]);
+	CHECK(wait_ev(fd, d, 8, 20000000) == 0, "nothing more");
+	close(srv);
+	/* A connecting socket: CLOSE -> SYN_SENT -> ESTABLISHED. */
+	l = tcp_listener(&port);
+	c2 = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	CHECK(l >= 0 && c2 >= 0, "sockets");
+	idc = reg_sock(fd, AEM_EV_SK, c2, 0, 0);
+	CHECK(idc > 0, "register %d", idc);
+	a.sin_port = htons(port);
+	CHECK(connect(c2, (struct sockaddr *)&a, sizeof(a)) == 0, "connect");
+	for (i = 0; i < 2; i++) {
+		n = wait_ev(fd, d, 1, 2000000000);
+		CHECK(n == 1 && d[0].id == idc &&
+		      d[0].data[0] == (uint64_t)want_cli[i][0] &&
+		      d[0].value == (uint64_t)want_cli[i][1],
+		      "connect transition %d: n %d %llu -> %llu", i, n,
+		      (unsigned long long)d[0].data[0],
+		      (unsigned long long)d[0].value);
+	}
+	close(c2);
+	close(l);
+	close(fd);
+}
+
 int main(int argc, char **argv)
 {
 	struct aem_info info = { .size = sizeof(info) };
+	char tp[16];
 
 	if (argc == 3 && !strcmp(argv[1], "pollfree-exec"))
 		return pollfree_exec(atoi(argv[2]));
@@ -2132,6 +2204,7 @@ int main(int argc, char **argv)
 		report("sock_read_enomem_reset", "aem_sock not loaded");
 		report("sock_close_sk_sock", "aem_sock not loaded");
 		report("sock_faults_exit", "aem_sock not loaded");
+		report("sock_sk_exact_transitions", "aem_sock not loaded");
 	} else {
 		t_sock_accept(); report("sock_accept", NULL);
 		t_sock_read_arena(); report("sock_read_arena", NULL);
@@ -2141,6 +2214,12 @@ int main(int argc, char **argv)
 			report("sock_faults_exit", "no debugfs");
 		} else {
 			t_sock_faults_exit(); report("sock_faults_exit", NULL);
+		}
+		if (read_param("/sys/kernel/debug/aem_sock/sk_tracepoint",
+			       tp, sizeof(tp)) || tp[0] != '1') {
+			report("sock_sk_exact_transitions", "no tracepoint");
+		} else {
+			t_sock_sk_exact(); report("sock_sk_exact_transitions", NULL);
 		}
 	}
 	close(dev_fd);
