@@ -61,6 +61,7 @@
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
 #include <linux/debugfs.h>
+#include <linux/fdtable.h>
 #include <linux/file.h>
 #include <linux/hashtable.h>
 #include <linux/module.h>
@@ -118,6 +119,9 @@ static u32 aem_sk_tp_on;	/* debugfs: the tracepoint serves SK */
  * @done:     READ: end of file delivered; CLOSE: the close delivered
  * @nomem:    READ: -ENOMEM reported, waiting for arena room
  * @arrivals: SOCK: wakeups since the last re-check
+ * @files:    ACCEPT: the owner's fd table at setup (compared, never used)
+ * @acc_fd:   ACCEPT: the fd of the last connection handed out, -1: none
+ * @acc_file: ACCEPT: its file (compared, never used)
  * @tp_node:  SK: in aem_sk_hash (aem_sk_lock)
  * @tp_sk:    SK: the sock, the hash key
  * @tr:       SK: transitions (old, new) from the tracepoint, a ring
@@ -140,6 +144,9 @@ struct aem_sock {
 	bool done;
 	bool nomem;
 	atomic_t arrivals;
+	struct files_struct *files;
+	int acc_fd;
+	struct file *acc_file;
 	struct hlist_node tp_node;
 	struct sock *tp_sk;
 	u8 tr[AEM_SK_RING][2];
@@ -328,6 +335,8 @@ static int aem_sock_setup(struct aem_event *reg, const union aem_reg_arg *arg)
 
 	w->reg = reg;
 	w->type = aem_reg_type(reg);
+	w->files = current->files;
+	w->acc_fd = -1;
 	w->file = fget(arg->sock.fd);
 	if (!w->file)
 		return -EBADF;
@@ -365,6 +374,26 @@ out_put:
 	return ret;
 }
 
+/*
+ * Teardown of an ACCEPT registration whose last connection was never
+ * delivered: nobody will learn its fd, so close it, if this is the
+ * owner's fd table (CLEAN, or close() of the context) and the fd is still
+ * the file we installed. At exit the table goes away by itself.
+ */
+static void aem_sock_drop_accepted(struct aem_sock *w)
+{
+	struct file *f;
+
+	if (w->acc_fd < 0 || current->files != w->files ||
+	    aem_reg_idle(w->reg))
+		return;
+	f = fget(w->acc_fd);
+	if (f == w->acc_file)
+		close_fd(w->acc_fd);
+	if (f)
+		fput(f);
+}
+
 static void aem_sock_teardown(struct aem_event *reg)
 {
 	struct aem_sock *w = aem_reg_priv(reg);
@@ -373,6 +402,8 @@ static void aem_sock_teardown(struct aem_event *reg)
 		aem_sk_unwatch(w);
 	aem_sock_unhook(w);
 	fput(w->file);
+	if (w->type == AEM_EV_ACCEPT)
+		aem_sock_drop_accepted(w);
 }
 
 /* accept() a connection and install it in the owner's fd table. */
@@ -397,6 +428,8 @@ static int aem_sock_accept_fd(struct aem_sock *w)
 		goto out_fd;
 	}
 	fd_install(fd, newfile);
+	w->acc_fd = fd;
+	w->acc_file = newfile;
 	return fd;
 
 out_fd:
@@ -410,6 +443,7 @@ static void aem_sock_recheck_accept(struct aem_sock *w)
 
 	if (!aem_reg_idle(w->reg))
 		return;		/* one connection per delivery */
+	w->acc_fd = -1;		/* the last one was delivered */
 	if (!(vfs_poll(w->file, NULL) & EPOLLIN))
 		return;
 	fd = aem_sock_accept_fd(w);

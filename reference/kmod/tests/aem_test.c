@@ -1714,7 +1714,10 @@ static void t_sock_accept(void)
 	struct aem_delivery d[4];
 	struct aem_reg_stats st;
 	int fd = open("/dev/aem", O_RDWR | O_CLOEXEC);
-	int l, c[3], id, i, n;
+	int l, c[3], c3, id, i, n;
+	struct pollfd pd = { .fd = fd, .events = POLLIN };
+	struct pollfd pc = { .events = POLLIN };
+	struct aem_reg_info info;
 	uint16_t port;
 
 	CHECK(fd >= 0, "open");
@@ -1755,6 +1758,19 @@ static void t_sock_accept(void)
 	n = accept4(l, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 	CHECK(n >= 0, "the connection stays on the listener");
 	close(n);
+	/* Accepted in the kernel, never delivered, then cleaned: closed. */
+	id = reg_sock(fd, AEM_EV_ACCEPT, l, 0, 0);
+	CHECK(id > 0, "register %d", id);
+	c3 = tcp_connect(port);
+	CHECK(c3 >= 0, "connect");
+	pc.fd = c3;
+	CHECK(poll(&pd, 1, 2000) == 1, "context readable");
+	CHECK(lookup(fd, id, &info) == 0 && info.pending == 1,
+	      "pending %llu", (unsigned long long)info.pending);
+	CHECK(ctl(fd, id, AEM_CTL_CLEAN, 0) == 0, "clean");
+	CHECK(poll(&pc, 1, 2000) == 1 && read(c3, &n, 1) == 0,
+	      "undelivered connection not closed");
+	close(c3);
 	for (i = 0; i < 3; i++)
 		close(c[i]);
 	close(l);
