@@ -32,6 +32,9 @@
  *   are delivered in aem_delivery.data[1]; they are not final. After
  *   -ENOMEM a reader waits for a chunk to be freed (aem_arena_alloc()'s
  *   waiters) before it tries again, and reports -ENOMEM once per shortage.
+ *   Any other read error ends the stream: end of file follows it. An
+ *   accept out of fds (-EMFILE, -ENFILE) is tried again at the next
+ *   incoming connection, not after every delivery.
  *
  * Activation never allocates; the allocations (the accepted socket, its
  * file and fd, arena chunks) happen in recheck(), in process context, and
@@ -118,6 +121,8 @@ static u32 aem_sk_tp_on;	/* debugfs: the tracepoint serves SK */
  * @tcp_state: SK: the state last seen
  * @done:     READ: end of file delivered; CLOSE: the close delivered
  * @nomem:    READ: -ENOMEM reported, waiting for arena room
+ * @eof_next: READ: an error ended the stream: end of file comes next
+ * @backoff:  ACCEPT: out of fds, retry on the next wakeup only
  * @arrivals: SOCK: wakeups since the last re-check
  * @files:    ACCEPT: the owner's fd table at setup (compared, never used)
  * @acc_fd:   ACCEPT: the fd of the last connection handed out, -1: none
@@ -143,6 +148,8 @@ struct aem_sock {
 	int tcp_state;
 	bool done;
 	bool nomem;
+	bool eof_next;
+	bool backoff;
 	atomic_t arrivals;
 	struct files_struct *files;
 	int acc_fd;
@@ -444,6 +451,10 @@ static void aem_sock_recheck_accept(struct aem_sock *w)
 	if (!aem_reg_idle(w->reg))
 		return;		/* one connection per delivery */
 	w->acc_fd = -1;		/* the last one was delivered */
+	/* Out of fds: not again at every delivery, at the next arrival. */
+	if (w->backoff && !atomic_xchg(&w->arrivals, 0))
+		return;
+	w->backoff = false;
 	if (!(vfs_poll(w->file, NULL) & EPOLLIN))
 		return;
 	fd = aem_sock_accept_fd(w);
@@ -452,6 +463,10 @@ static void aem_sock_recheck_accept(struct aem_sock *w)
 		if (fd == -ECONNABORTED)
 			aem_recheck_later(w->reg);
 		return;
+	}
+	if (fd == -EMFILE || fd == -ENFILE) {
+		atomic_set(&w->arrivals, 0);
+		w->backoff = true;
 	}
 	if (fd < 0)
 		aem_activate_data(w->reg, 0, 0, (u64)(s64)fd);
@@ -486,6 +501,11 @@ static void aem_sock_recheck_read(struct aem_sock *w)
 
 	if (w->done || !aem_reg_idle(w->reg))
 		return;		/* one chunk per delivery */
+	if (w->eof_next) {
+		w->done = true;
+		aem_activate_data(w->reg, 0, 0, 0);
+		return;
+	}
 	want = aem_sock_inq(w->sock);
 	if (!want)
 		want = AEM_SOCK_READ_DEFAULT;	/* or end of file, or error */
@@ -510,7 +530,8 @@ static void aem_sock_recheck_read(struct aem_sock *w)
 	if (n == -EAGAIN || n == -EINTR)
 		return;
 	if (n < 0) {
-		/* -ECONNRESET and the like: reported, end of file follows. */
+		/* -ECONNRESET, -ENOTCONN...: reported, end of file follows. */
+		w->eof_next = true;
 		aem_activate_data(w->reg, 0, 0, (u64)(s64)n);
 		return;
 	}

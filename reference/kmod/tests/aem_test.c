@@ -1886,6 +1886,18 @@ static void t_sock_read_enomem_reset(void)
 	      "reset: n %d err %lld", n, (long long)d[0].data[1]);
 	n = wait_ev(fd, d, 4, 2000000000);
 	CHECK(n == 1 && d[0].value == 0 && !d[0].data[1], "eof after reset");
+	CHECK(wait_ev(fd, d, 4, 20000000) == 0, "eof once");
+	close(srv);
+	/* Never connected: -ENOTCONN once, then end of file, then quiet. */
+	srv = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	id = reg_sock(fd, AEM_EV_READ, srv, 0, 0);
+	CHECK(id > 0, "register %d", id);
+	n = wait_ev(fd, d, 4, 2000000000);
+	CHECK(n == 1 && d[0].data[1] == (uint64_t)-ENOTCONN,
+	      "not connected: n %d err %lld", n, (long long)d[0].data[1]);
+	n = wait_ev(fd, d, 4, 2000000000);
+	CHECK(n == 1 && d[0].value == 0 && !d[0].data[1], "eof after error");
+	CHECK(wait_ev(fd, d, 4, 20000000) == 0, "quiet after eof");
 	close(srv);
 	close(fd);
 }

@@ -147,7 +147,8 @@ struct aem_fd_arg {		/* AEM_EV_FD */
  *   data[1]      0, or a negative errno the family met (for instance
  *                -ECONNRESET from a read, -EMFILE from an accept, -ENOMEM
  *                when the arena has no room): not final, the registration
- *                goes on; the other fields are then 0
+ *                goes on (a read error other than -ENOMEM is followed by
+ *                end of file); the other fields are then 0
  *   ACCEPT       value: the accepted connection's fd, installed in the
  *                owner's fd table (no O_CLOEXEC, blocking), one per delivery
  *   READ         value: bytes read (0: end of file, delivered once);
