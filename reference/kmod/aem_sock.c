@@ -21,8 +21,13 @@
  *   and always pass.
  * - recheck() runs in the owner's context (AEM_IOC_WAIT, poll() of the
  *   context), with ctx->mutex held, and does the job there: accept() and
- *   fd_install() into the owner's fd table, recvmsg() into the arena,
- *   sample the TCP state. It is also run after each delivery (these
+ *   fd_install() into the owner's fd table (it must be the owner's),
+ *   recvmsg() into the arena, the TCP state. For READ the wake function
+ *   also queues a reactive job (an embedded work item, on a WQ_HIGHPRI
+ *   workqueue, with the registering task's credentials) that reads what
+ *   arrived at once, so the next chunk is in the arena while the handler
+ *   of the previous one still runs (the arena is kernel memory: no need
+ *   for the owner's mm). It is also run after each delivery (these
  *   families are level triggered), so ACCEPT, READ and SK make exactly one
  *   delivery per accepted connection, chunk or transition: they only work
  *   while the registration has nothing pending (aem_reg_idle()), which
@@ -70,10 +75,13 @@
 #include <linux/module.h>
 #include <linux/net.h>
 #include <linux/poll.h>
+#include <linux/cred.h>
+#include <linux/mutex.h>
 #include <linux/rcupdate.h>
 #include <linux/spinlock.h>
 #include <linux/tracepoint.h>
 #include <linux/wait.h>
+#include <linux/workqueue.h>
 #include <net/af_unix.h>
 #include <net/sock.h>
 #include <net/tcp.h>
@@ -95,6 +103,7 @@
 static struct aem_fault_attr aem_sock_fail_accept = AEM_FAULT_ATTR(fail_accept);
 static struct aem_fault_attr aem_sock_fail_read = AEM_FAULT_ATTR(fail_read);
 static struct dentry *aem_sock_debugfs;
+static struct workqueue_struct *aem_sock_wq;
 
 #define AEM_SK_RING	16
 
@@ -124,6 +133,9 @@ static u32 aem_sk_tp_on;	/* debugfs: the tracepoint serves SK */
  * @eof_next: READ: an error ended the stream: end of file comes next
  * @backoff:  ACCEPT: out of fds, retry on the next wakeup only
  * @arrivals: SOCK: wakeups since the last re-check
+ * @read_lock: READ: serialises reading (the job and the owner's re-check)
+ * @read_work: READ: the reactive job: reads what arrived, in a kworker
+ * @cred:     READ: the registering task's credentials, for the job
  * @files:    ACCEPT: the owner's fd table at setup (compared, never used)
  * @acc_fd:   ACCEPT: the fd of the last connection handed out, -1: none
  * @acc_file: ACCEPT: its file (compared, never used)
@@ -151,6 +163,9 @@ struct aem_sock {
 	bool eof_next;
 	bool backoff;
 	atomic_t arrivals;
+	struct mutex read_lock;		/* see above */
+	struct work_struct read_work;
+	const struct cred *cred;
 	struct files_struct *files;
 	int acc_fd;
 	struct file *acc_file;
@@ -245,7 +260,10 @@ static int aem_sock_wake(struct wait_queue_entry *wait, unsigned int mode,
 	if (events && !(events & READ_ONCE(w->mask)))
 		return 0;
 	atomic_inc(&w->arrivals);
-	aem_recheck_later(w->reg);
+	if (w->type == AEM_EV_READ)
+		queue_work(aem_sock_wq, &w->read_work);	/* no allocation */
+	else
+		aem_recheck_later(w->reg);
 	return 0;
 }
 
@@ -334,6 +352,8 @@ static int aem_sock_check_arg(struct aem_sock *w, u32 flags, u32 events)
 	return 0;
 }
 
+static void aem_sock_read_fn(struct work_struct *work);
+
 static int aem_sock_setup(struct aem_event *reg, const union aem_reg_arg *arg)
 {
 	struct aem_sock *w = aem_reg_priv(reg);
@@ -344,6 +364,8 @@ static int aem_sock_setup(struct aem_event *reg, const union aem_reg_arg *arg)
 	w->type = aem_reg_type(reg);
 	w->files = current->files;
 	w->acc_fd = -1;
+	mutex_init(&w->read_lock);
+	INIT_WORK(&w->read_work, aem_sock_read_fn);
 	w->file = fget(arg->sock.fd);
 	if (!w->file)
 		return -EBADF;
@@ -363,6 +385,8 @@ static int aem_sock_setup(struct aem_event *reg, const union aem_reg_arg *arg)
 		goto out_put;
 	}
 	aem_reg_set_fd(reg, arg->sock.fd);
+	if (w->type == AEM_EV_READ)
+		w->cred = get_current_cred();
 	if (w->type == AEM_EV_SK && aem_sk_tp)
 		aem_sk_watch(w);
 	if (w->type == AEM_EV_SOCK) {
@@ -408,6 +432,12 @@ static void aem_sock_teardown(struct aem_event *reg)
 	if (w->tp_sk)
 		aem_sk_unwatch(w);
 	aem_sock_unhook(w);
+	if (w->type == AEM_EV_READ) {
+		/* Unhooked: nothing queues it again. */
+		cancel_work_sync(&w->read_work);
+		put_cred(w->cred);
+	}
+	mutex_destroy(&w->read_lock);
 	fput(w->file);
 	if (w->type == AEM_EV_ACCEPT)
 		aem_sock_drop_accepted(w);
@@ -490,7 +520,8 @@ static size_t aem_sock_inq(struct socket *sock)
 	return n > 0 ? n : 0;
 }
 
-static void aem_sock_recheck_read(struct aem_sock *w)
+/* Read one chunk into the arena and deliver it; w->read_lock held. */
+static void aem_sock_read_one(struct aem_sock *w)
 {
 	struct kvec kv;
 	struct msghdr msg = { .msg_flags = MSG_DONTWAIT };
@@ -538,6 +569,30 @@ static void aem_sock_recheck_read(struct aem_sock *w)
 	if (!n)
 		w->done = true;
 	aem_activate_data(w->reg, n, n ? off : 0, 0);
+}
+
+/* In the owner's context: after each delivery, and when room came back. */
+static void aem_sock_recheck_read(struct aem_sock *w)
+{
+	mutex_lock(&w->read_lock);
+	aem_sock_read_one(w);
+	mutex_unlock(&w->read_lock);
+}
+
+/*
+ * The reactive job: data arrived, read it now, while the owner may still
+ * be running the handler of the previous chunk. The socket's LSM checks
+ * see the registering task's credentials, as with io_uring's workers.
+ */
+static void aem_sock_read_fn(struct work_struct *work)
+{
+	struct aem_sock *w = container_of(work, struct aem_sock, read_work);
+	const struct cred *old = override_creds(w->cred);
+
+	mutex_lock(&w->read_lock);
+	aem_sock_read_one(w);
+	mutex_unlock(&w->read_lock);
+	revert_creds(old);
 }
 
 static void aem_sock_recheck_close(struct aem_sock *w)
@@ -671,6 +726,9 @@ static int __init aem_sock_init(void)
 {
 	int i, ret;
 
+	aem_sock_wq = alloc_workqueue("aem_sock", WQ_HIGHPRI, 0);
+	if (!aem_sock_wq)
+		return -ENOMEM;
 	for_each_kernel_tracepoint(aem_sk_find_tp, NULL);
 	if (aem_sk_tp && tracepoint_probe_register(aem_sk_tp, aem_sk_probe,
 						   NULL)) {
@@ -698,6 +756,7 @@ out_tp:
 		tracepoint_probe_unregister(aem_sk_tp, aem_sk_probe, NULL);
 		tracepoint_synchronize_unregister();
 	}
+	destroy_workqueue(aem_sock_wq);
 	return ret;
 }
 
@@ -710,6 +769,7 @@ static void __exit aem_sock_exit(void)
 		tracepoint_probe_unregister(aem_sk_tp, aem_sk_probe, NULL);
 		tracepoint_synchronize_unregister();
 	}
+	destroy_workqueue(aem_sock_wq);
 }
 
 module_init(aem_sock_init);
