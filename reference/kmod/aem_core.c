@@ -143,7 +143,14 @@ module_param(min_timer_period_ns, ullong, 0644);
 MODULE_PARM_DESC(min_timer_period_ns,
 		 "Shortest period of a periodic timer in ns (default 100000)");
 
+static unsigned long long max_arena_bytes = 64ull << 20;
+module_param(max_arena_bytes, ullong, 0644);
+MODULE_PARM_DESC(max_arena_bytes,
+		 "Largest event-data arena of a context in bytes (default 64 MiB)");
+
 #define AEM_MAX_RING_ENTRIES	4096
+#define AEM_ARENA_BLOCK		1024
+#define AEM_ARENA_PGOFF		(AEM_ARENA_OFFSET >> PAGE_SHIFT)
 #define AEM_RING_ENTRIES_OFF	256
 #define AEM_WAIT_MAX		1024
 #define AEM_WAIT_BATCH		64
@@ -188,6 +195,9 @@ struct aem_pnode {
  * @count:      occurrences not yet delivered (ctx->lock)
  * @value:      merged family value not yet delivered (ctx->lock)
  * @error:      error to deliver, 0: none (ctx->lock)
+ * @data:       family data of the pending delivery (ctx->lock)
+ * @arena_link: on the arena's waiters while a family waits for room
+ *              (arena->lock)
  * @reap_link:  on ctx->reap once its final delivery was taken (ctx->lock)
  * @recheck_link: on ctx->recheck while the family must re-check the source
  *              in the owner's context (level trigger, key-less wakeups)
@@ -214,6 +224,8 @@ struct aem_event {
 	u64 count;
 	u64 value;
 	int error;
+	u64 data[2];
+	struct list_head arena_link;
 	struct list_head reap_link;
 	struct list_head recheck_link;
 	ktime_t timeout;
@@ -264,6 +276,29 @@ struct aem_ring {
 };
 
 /**
+ * struct aem_arena - the data arena (mmap'd at AEM_ARENA_OFFSET)
+ * @lock:    protects the bitmaps and @waiters; process context only, never
+ *           taken with ctx->lock held (arena->lock -> ctx->lock)
+ * @mem:     vmalloc_user() memory, written by families, read by user space
+ * @size:    bytes of @mem (page multiple)
+ * @nblocks: @size / AEM_ARENA_BLOCK
+ * @used:    bit per block: allocated
+ * @start:   bit per block: first block of a chunk
+ * @waiters: registrations to re-check when a chunk is freed
+ *
+ * The allocator's records live here only, never in the shared mapping.
+ */
+struct aem_arena {
+	spinlock_t lock;	/* see above */
+	void *mem;
+	size_t size;
+	unsigned long nblocks;
+	unsigned long *used;
+	unsigned long *start;
+	struct list_head waiters;
+};
+
+/**
  * struct aem_user - per-user accounting (the opener's effective uid)
  * @node:  in aem_users (aem_users_lock)
  * @uid:   the user
@@ -296,6 +331,8 @@ struct aem_user {
  *               replaced under ctx->mutex, old one put after
  *               irq_work_sync())
  * @ring:        completion ring or NULL; set once (ctx->lock)
+ * @arena:       data arena or NULL; set once (ctx->mutex), read locklessly
+ *               with acquire
  * @wq:          poll() and AEM_IOC_WAIT sleepers
  * @kick:        irq_work: wake @wq, ring the doorbell
  * @reap_work:   destroys the registrations on @reap
@@ -343,6 +380,7 @@ struct aem_ctx {
 	int signo;
 	struct task_struct *sig_task;
 	struct aem_ring *ring;
+	struct aem_arena *arena;
 	wait_queue_head_t wq;
 	struct irq_work kick;
 	struct work_struct reap_work;
@@ -490,6 +528,25 @@ u32 aem_reg_flags(const struct aem_event *reg)
 }
 EXPORT_SYMBOL_GPL(aem_reg_flags);
 
+u32 aem_reg_type(const struct aem_event *reg)
+{
+	return reg->type;
+}
+EXPORT_SYMBOL_GPL(aem_reg_type);
+
+/* The arena, or NULL; pairs with the store-release in arena setup. */
+static struct aem_arena *aem_ctx_arena(struct aem_ctx *ctx)
+{
+	/* Set once: its fields are initialised before it is published. */
+	return smp_load_acquire(&ctx->arena);
+}
+
+bool aem_reg_has_arena(const struct aem_event *reg)
+{
+	return aem_ctx_arena(reg->ctx);
+}
+EXPORT_SYMBOL_GPL(aem_reg_has_arena);
+
 int aem_reg_id(const struct aem_event *reg)
 {
 	return reg->id;
@@ -611,6 +668,8 @@ static bool aem_pop(struct aem_ctx *ctx, struct aem_delivery *d)
 	d->type = reg->type;
 	d->user_data = reg->user_data;
 	d->error = reg->error;
+	d->data[0] = reg->data[0];
+	d->data[1] = reg->data[1];
 	if ((reg->flags & AEM_PER_OCCURRENCE) && reg->count > 1 &&
 	    !reg->error && !(reg->flags & AEM_ONESHOT)) {
 		/* One occurrence now, the rest after its level's others. */
@@ -626,6 +685,8 @@ static bool aem_pop(struct aem_ctx *ctx, struct aem_delivery *d)
 		reg->count = 0;
 		reg->value = 0;
 		reg->error = 0;
+		reg->data[0] = 0;
+		reg->data[1] = 0;
 		aem_dequeue(ctx, reg);
 	}
 	reg->stats.deliveries++;
@@ -660,6 +721,11 @@ static void aem_unpop(struct aem_ctx *ctx, const struct aem_delivery *d)
 	reg = xa_load(&ctx->regs, d->id);
 	if (WARN_ON_ONCE(!reg))
 		return;
+	if (!reg->count) {
+		/* The family data belongs to the delivery put back. */
+		reg->data[0] = d->data[0];
+		reg->data[1] = d->data[1];
+	}
 	reg->count += d->count;
 	reg->value |= d->value;
 	reg->stats.deliveries--;
@@ -845,19 +911,9 @@ static void aem_pending_changed(struct aem_ctx *ctx)
 	irq_work_queue(&ctx->kick);
 }
 
-/**
- * aem_activate() - count occurrences of a registration
- * @reg:   the registration
- * @count: occurrences (>= 1)
- * @value: family value, merged as @how says
- * @how:   enum aem_value_merge
- *
- * Any context; never allocates, never fails. A disabled registration
- * counts and holds them; a doomed one (final delivery queued) ignores
- * them.
- */
-void aem_activate(struct aem_event *reg, u64 count, u64 value,
-		  enum aem_value_merge how)
+/* aem_activate(), and sets the pending family data when @data is given. */
+static void __aem_activate(struct aem_event *reg, u64 count, u64 value,
+			   enum aem_value_merge how, const u64 *data)
 {
 	struct aem_ctx *ctx = reg->ctx;
 	unsigned long flags;
@@ -865,6 +921,10 @@ void aem_activate(struct aem_event *reg, u64 count, u64 value,
 	spin_lock_irqsave(&ctx->lock, flags);
 	if (reg->state & AEM_RS_DOOMED)
 		goto out;
+	if (data) {
+		reg->data[0] = data[0];
+		reg->data[1] = data[1];
+	}
 	/* Saturate: a count can never wrap to a small number. */
 	if (check_add_overflow(reg->stats.activations, count,
 			       &reg->stats.activations))
@@ -891,7 +951,158 @@ void aem_activate(struct aem_event *reg, u64 count, u64 value,
 out:
 	spin_unlock_irqrestore(&ctx->lock, flags);
 }
+
+/**
+ * aem_activate() - count occurrences of a registration
+ * @reg:   the registration
+ * @count: occurrences (>= 1)
+ * @value: family value, merged as @how says
+ * @how:   enum aem_value_merge
+ *
+ * Any context; never allocates, never fails. A disabled registration
+ * counts and holds them; a doomed one (final delivery queued) ignores
+ * them.
+ */
+void aem_activate(struct aem_event *reg, u64 count, u64 value,
+		  enum aem_value_merge how)
+{
+	__aem_activate(reg, count, value, how, NULL);
+}
 EXPORT_SYMBOL_GPL(aem_activate);
+
+/**
+ * aem_activate_data() - one occurrence that carries family data
+ * @reg:   the registration
+ * @value: aem_delivery.value
+ * @data0: aem_delivery.data[0]
+ * @data1: aem_delivery.data[1]
+ *
+ * Like aem_activate(reg, 1, value, AEM_VALUE_SET), and sets the data of
+ * the pending delivery. A family that must not merge two of these calls
+ * aem_reg_idle() first, in the owner's context (see aem_sock.c).
+ */
+void aem_activate_data(struct aem_event *reg, u64 value, u64 data0,
+		       u64 data1)
+{
+	const u64 data[2] = { data0, data1 };
+
+	__aem_activate(reg, 1, value, AEM_VALUE_SET, data);
+}
+EXPORT_SYMBOL_GPL(aem_activate_data);
+
+/**
+ * aem_reg_idle() - does @reg have nothing waiting for delivery?
+ * @reg: the registration
+ *
+ * Return: true when no occurrence and no error is pending. Only the
+ * family activates, so a family that checks this in its recheck()
+ * (ctx->mutex held) and then activates once never merges two deliveries.
+ */
+bool aem_reg_idle(struct aem_event *reg)
+{
+	struct aem_ctx *ctx = reg->ctx;
+	unsigned long flags;
+	bool idle;
+
+	spin_lock_irqsave(&ctx->lock, flags);
+	idle = !reg->count && !reg->error;
+	spin_unlock_irqrestore(&ctx->lock, flags);
+	return idle;
+}
+EXPORT_SYMBOL_GPL(aem_reg_idle);
+
+/* ---- The data arena ---- */
+
+/**
+ * aem_arena_alloc() - a chunk of the context's data arena
+ * @reg:  the registration the data is for
+ * @len:  bytes (> 0)
+ * @off:  out: the chunk's offset in the arena (what user space sees)
+ * @wait: when there is no room, re-check @reg (family->recheck()) once a
+ *        chunk is freed
+ *
+ * Process context. Return: the kernel address of the chunk, or
+ * ERR_PTR(-ENXIO) without an arena, ERR_PTR(-ENOMEM) without room.
+ */
+void *aem_arena_alloc(struct aem_event *reg, size_t len, u64 *off, bool wait)
+{
+	struct aem_arena *a = aem_ctx_arena(reg->ctx);
+	unsigned long nr, pos;
+	void *p = ERR_PTR(-ENOMEM);
+
+	if (!a)
+		return ERR_PTR(-ENXIO);
+	nr = DIV_ROUND_UP(len, AEM_ARENA_BLOCK);
+	if (!len || nr > a->nblocks || aem_should_fail(&aem_fail_arena_chunk))
+		goto out_wait;
+	spin_lock(&a->lock);
+	pos = bitmap_find_next_zero_area(a->used, a->nblocks, 0, nr, 0);
+	if (pos < a->nblocks) {
+		bitmap_set(a->used, pos, nr);
+		__set_bit(pos, a->start);
+		*off = (u64)pos * AEM_ARENA_BLOCK;
+		p = a->mem + *off;
+	} else if (wait && list_empty(&reg->arena_link)) {
+		list_add_tail(&reg->arena_link, &a->waiters);
+	}
+	spin_unlock(&a->lock);
+	return p;
+
+out_wait:
+	if (wait && len && nr <= a->nblocks) {
+		/* An injected failure: room may come back. */
+		spin_lock(&a->lock);
+		if (list_empty(&reg->arena_link))
+			list_add_tail(&reg->arena_link, &a->waiters);
+		spin_unlock(&a->lock);
+	}
+	return p;
+}
+EXPORT_SYMBOL_GPL(aem_arena_alloc);
+
+/* Free the chunk at block @pos; arena->lock held. -EINVAL: not a chunk. */
+static int __aem_arena_free(struct aem_arena *a, unsigned long pos)
+{
+	unsigned long end, next;
+
+	if (pos >= a->nblocks || !test_bit(pos, a->start))
+		return -EINVAL;
+	end = find_next_zero_bit(a->used, a->nblocks, pos);
+	next = find_next_bit(a->start, a->nblocks, pos + 1);
+	end = min(end, next);
+	__clear_bit(pos, a->start);
+	bitmap_clear(a->used, pos, end - pos);
+	return 0;
+}
+
+/* Wake the waiters of @a: their families re-check; arena->lock held. */
+static void aem_arena_wake(struct aem_arena *a)
+{
+	struct aem_event *reg, *tmp;
+
+	list_for_each_entry_safe(reg, tmp, &a->waiters, arena_link) {
+		list_del_init(&reg->arena_link);
+		aem_recheck_later(reg);
+	}
+}
+
+/**
+ * aem_arena_free() - give back a chunk that was never delivered
+ * @reg: the registration it was allocated for
+ * @off: its offset
+ */
+void aem_arena_free(struct aem_event *reg, u64 off)
+{
+	struct aem_arena *a = aem_ctx_arena(reg->ctx);
+
+	if (WARN_ON_ONCE(!a || off % AEM_ARENA_BLOCK))
+		return;
+	spin_lock(&a->lock);
+	WARN_ON_ONCE(__aem_arena_free(a, off / AEM_ARENA_BLOCK));
+	aem_arena_wake(a);
+	spin_unlock(&a->lock);
+}
+EXPORT_SYMBOL_GPL(aem_arena_free);
 
 /*
  * ---- System-call policy of handler upcalls (AEM-3.5.3) ----
@@ -1225,11 +1436,17 @@ out:
 static void aem_reg_destroy(struct aem_ctx *ctx, struct aem_event *reg)
 {
 	struct aem_family *fam = reg->fam;
+	struct aem_arena *a = ctx->arena;
 	unsigned long flags;
 
 	fam->teardown(reg);
 	if (reg->tmo)
 		hrtimer_cancel(&reg->tmo->timer);
+	if (a) {
+		spin_lock(&a->lock);
+		list_del_init(&reg->arena_link);
+		spin_unlock(&a->lock);
+	}
 	spin_lock_irqsave(&ctx->lock, flags);
 	reg->state |= AEM_RS_DOOMED;
 	aem_dequeue(ctx, reg);
@@ -1374,6 +1591,7 @@ static int aem_ioc_register(struct aem_ctx *ctx, void __user *uarg)
 	reg->node.prio = prio;
 	INIT_LIST_HEAD(&reg->reap_link);
 	INIT_LIST_HEAD(&reg->recheck_link);
+	INIT_LIST_HEAD(&reg->arena_link);
 	if (kreg.flags & AEM_DISABLED)
 		reg->state |= AEM_RS_DISABLED;
 	/* Reserve the id (lookups see NULL) until setup succeeded. */
@@ -1897,6 +2115,82 @@ static int aem_ioc_ring_setup(struct aem_ctx *ctx, void __user *uarg)
 	return aem_copy_out(uarg, &rs, sizeof(rs));
 }
 
+static void aem_arena_destroy(struct aem_arena *a)
+{
+	vfree(a->mem);
+	bitmap_free(a->used);
+	bitmap_free(a->start);
+	kfree(a);
+}
+
+static int aem_ioc_arena_setup(struct aem_ctx *ctx, void __user *uarg)
+{
+	struct aem_arena_setup as;
+	struct aem_arena *a;
+	int ret;
+
+	ret = aem_copy_in(&as, sizeof(as), uarg, AEM_ARENA_SETUP_SIZE_VER0);
+	if (ret)
+		return ret;
+	if (as.flags || as.reserved0 || as.mmap_offset || as.block ||
+	    !as.bytes || !PAGE_ALIGNED(as.bytes) ||
+	    as.bytes > READ_ONCE(max_arena_bytes) ||
+	    as.bytes > AEM_ARENA_OFFSET)
+		return -EINVAL;
+	if (aem_should_fail(&aem_fail_arena_setup))
+		return -ENOMEM;
+	a = kzalloc(sizeof(*a), GFP_KERNEL_ACCOUNT);
+	if (!a)
+		return -ENOMEM;
+	spin_lock_init(&a->lock);
+	INIT_LIST_HEAD(&a->waiters);
+	a->size = as.bytes;
+	a->nblocks = as.bytes / AEM_ARENA_BLOCK;
+	a->used = bitmap_zalloc(a->nblocks, GFP_KERNEL_ACCOUNT);
+	a->start = bitmap_zalloc(a->nblocks, GFP_KERNEL_ACCOUNT);
+	a->mem = vmalloc_user(a->size);
+	if (!a->used || !a->start || !a->mem) {
+		aem_arena_destroy(a);
+		return -ENOMEM;
+	}
+	mutex_lock(&ctx->mutex);
+	if (ctx->arena)
+		ret = -EBUSY;
+	else	/* Set once; pairs with the acquire in aem_ctx_arena(). */
+		smp_store_release(&ctx->arena, a);
+	mutex_unlock(&ctx->mutex);
+	if (ret) {
+		aem_arena_destroy(a);
+		return ret;
+	}
+	as.mmap_offset = AEM_ARENA_OFFSET;
+	as.block = AEM_ARENA_BLOCK;
+	return aem_copy_out(uarg, &as, sizeof(as));
+}
+
+static int aem_ioc_arena_free(struct aem_ctx *ctx, void __user *uarg)
+{
+	struct aem_arena *a = aem_ctx_arena(ctx);
+	struct aem_arena_free af;
+	int ret;
+
+	ret = aem_copy_in(&af, sizeof(af), uarg, AEM_ARENA_FREE_SIZE_VER0);
+	if (ret)
+		return ret;
+	if (af.flags)
+		return -EINVAL;
+	if (!a)
+		return -ENXIO;
+	if (af.offset >= a->size || af.offset % AEM_ARENA_BLOCK)
+		return -EINVAL;
+	spin_lock(&a->lock);
+	ret = __aem_arena_free(a, af.offset / AEM_ARENA_BLOCK);
+	if (!ret)
+		aem_arena_wake(a);
+	spin_unlock(&a->lock);
+	return ret;
+}
+
 static int aem_ioc_info(void __user *uarg)
 {
 	struct aem_family *f;
@@ -1919,6 +2213,7 @@ static int aem_ioc_info(void __user *uarg)
 	info.boost_prio = READ_ONCE(boost_prio);
 	info.boost_ceiling = READ_ONCE(boost_ceiling);
 	info.delivery_size = sizeof(struct aem_delivery);
+	info.max_arena_bytes = READ_ONCE(max_arena_bytes);
 	mutex_lock(&aem_family_lock);
 	list_for_each_entry(f, &aem_families, list) {
 		info.types |= BIT(f->type);
@@ -1965,6 +2260,10 @@ static long aem_ioctl_op(struct aem_ctx *ctx, unsigned int cmd,
 		return aem_ioc_set_signal(ctx, uarg);
 	case _IOC_NR(AEM_IOC_RING_SETUP):
 		return aem_ioc_ring_setup(ctx, uarg);
+	case _IOC_NR(AEM_IOC_ARENA_SETUP):
+		return aem_ioc_arena_setup(ctx, uarg);
+	case _IOC_NR(AEM_IOC_ARENA_FREE):
+		return aem_ioc_arena_free(ctx, uarg);
 	}
 	return -ENOTTY;
 }
@@ -2007,10 +2306,27 @@ static __poll_t aem_poll(struct file *file, poll_table *pt)
 static int aem_mmap(struct file *file, struct vm_area_struct *vma)
 {
 	struct aem_ctx *ctx = file->private_data;
+	struct aem_arena *arena;
 	struct aem_ring *ring;
 
 	if (!aem_is_owner(ctx))
 		return -EOWNERDEAD;
+	if (vma->vm_pgoff == AEM_ARENA_PGOFF) {
+		/*
+		 * The arena: read-only for user space (families write it),
+		 * shared with forked children (no VM_DONTCOPY), so a PROCESS
+		 * executor sees the data without a copy.
+		 */
+		arena = aem_ctx_arena(ctx);
+		if (!arena)
+			return -ENODEV;
+		if (vma->vm_end - vma->vm_start > arena->size ||
+		    !(vma->vm_flags & VM_SHARED) ||
+		    (vma->vm_flags & (VM_WRITE | VM_EXEC)))
+			return -EINVAL;
+		vma->vm_flags &= ~(VM_MAYWRITE | VM_MAYEXEC);
+		return remap_vmalloc_range(vma, arena->mem, 0);
+	}
 	ring = READ_ONCE(ctx->ring);
 	if (!ring)
 		return -ENODEV;
@@ -2091,6 +2407,8 @@ static int aem_release(struct inode *inode, struct file *file)
 		put_task_struct(ctx->sig_task);
 	if (ctx->ring)
 		aem_ring_free(ctx->ring);
+	if (ctx->arena)
+		aem_arena_destroy(ctx->arena);
 	xa_destroy(&ctx->regs);
 	put_pid(ctx->tgid);
 	if (ctx->mm)
@@ -2155,6 +2473,8 @@ static int __init aem_init(void)
 	aem_fault_debugfs(aem_debugfs, &aem_fail_reg_alloc);
 	aem_fault_debugfs(aem_debugfs, &aem_fail_ring_alloc);
 	aem_fault_debugfs(aem_debugfs, &aem_fail_wait_alloc);
+	aem_fault_debugfs(aem_debugfs, &aem_fail_arena_setup);
+	aem_fault_debugfs(aem_debugfs, &aem_fail_arena_chunk);
 	pr_info("AEM core, API version %d\n", AEM_API_VERSION);
 	return 0;
 }

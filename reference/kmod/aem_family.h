@@ -77,11 +77,20 @@ void aem_unregister_family(struct aem_family *fam);
 void aem_activate(struct aem_event *reg, u64 count, u64 value,
 		  enum aem_value_merge how);
 
+void aem_activate_data(struct aem_event *reg, u64 value, u64 data0,
+		       u64 data1);
+bool aem_reg_idle(struct aem_event *reg);
+
+void *aem_arena_alloc(struct aem_event *reg, size_t len, u64 *off, bool wait);
+void aem_arena_free(struct aem_event *reg, u64 off);
+
 void aem_recheck_later(struct aem_event *reg);
 bool aem_file_is_ctx(struct file *file);
 
 void *aem_reg_priv(struct aem_event *reg);
 u32 aem_reg_flags(const struct aem_event *reg);
+u32 aem_reg_type(const struct aem_event *reg);
+bool aem_reg_has_arena(const struct aem_event *reg);
 int aem_reg_id(const struct aem_event *reg);
 void aem_reg_set_fd(struct aem_event *reg, int fd);
 u64 aem_min_timer_period_ns(void);

@@ -3,6 +3,7 @@
  * AEM: module-local fault injection (see aem_fault.h).
  */
 #include <linux/debugfs.h>
+#include <linux/export.h>
 #include <linux/random.h>
 
 #include "aem_fault.h"
@@ -11,6 +12,8 @@ struct aem_fault_attr aem_fail_ctx_alloc = AEM_FAULT_ATTR(fail_ctx_alloc);
 struct aem_fault_attr aem_fail_reg_alloc = AEM_FAULT_ATTR(fail_reg_alloc);
 struct aem_fault_attr aem_fail_ring_alloc = AEM_FAULT_ATTR(fail_ring_alloc);
 struct aem_fault_attr aem_fail_wait_alloc = AEM_FAULT_ATTR(fail_wait_alloc);
+struct aem_fault_attr aem_fail_arena_setup = AEM_FAULT_ATTR(fail_arena_setup);
+struct aem_fault_attr aem_fail_arena_chunk = AEM_FAULT_ATTR(fail_arena_chunk);
 
 bool __aem_should_fail(struct aem_fault_attr *attr)
 {
@@ -34,6 +37,7 @@ bool __aem_should_fail(struct aem_fault_attr *attr)
 	atomic_inc(&attr->failures);
 	return true;
 }
+EXPORT_SYMBOL_GPL(__aem_should_fail);
 
 void aem_fault_debugfs(struct dentry *parent, struct aem_fault_attr *attr)
 {
@@ -45,3 +49,4 @@ void aem_fault_debugfs(struct dentry *parent, struct aem_fault_attr *attr)
 	debugfs_create_atomic_t("calls", 0400, dir, &attr->calls);
 	debugfs_create_atomic_t("failures", 0400, dir, &attr->failures);
 }
+EXPORT_SYMBOL_GPL(aem_fault_debugfs);

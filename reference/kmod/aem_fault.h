@@ -60,5 +60,7 @@ extern struct aem_fault_attr aem_fail_ctx_alloc;
 extern struct aem_fault_attr aem_fail_reg_alloc;
 extern struct aem_fault_attr aem_fail_ring_alloc;
 extern struct aem_fault_attr aem_fail_wait_alloc;
+extern struct aem_fault_attr aem_fail_arena_setup;
+extern struct aem_fault_attr aem_fail_arena_chunk;
 
 #endif /* _AEM_FAULT_H */

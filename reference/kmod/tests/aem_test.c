@@ -29,10 +29,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/un.h>
+
 #include <linux/aem.h>
 #include <linux/capability.h>
 
-#define NTESTS 38
+#define NTESTS 44
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 static int test_no;
@@ -304,7 +309,7 @@ static void t_invalid(void)
 	CHECK(xioctl(dev_fd, AEM_IOC_REGISTER, &r) == -EINVAL, "type 0");
 	REG0(); r.type = 99;
 	CHECK(xioctl(dev_fd, AEM_IOC_REGISTER, &r) == -EINVAL, "type 99");
-	REG0(); r.type = AEM_EV_ACCEPT;
+	REG0(); r.type = AEM_EV_ACCEPT; r.family_version = 2;
 	CHECK(xioctl(dev_fd, AEM_IOC_REGISTER, &r) == -EOPNOTSUPP, "no family");
 	REG0(); r.family_version = 999;
 	CHECK(xioctl(dev_fd, AEM_IOC_REGISTER, &r) == -EOPNOTSUPP, "version");
@@ -1721,9 +1726,546 @@ static int hold(int secs, int version)
 	return 0;
 }
 
+/* ---- socket families (aem_sock.ko) ---- */
+
+static int reg_sock(int fd, uint32_t type, int sock, uint32_t events,
+		    uint32_t flags)
+{
+	struct aem_reg r = { .size = sizeof(r), .type = type, .flags = flags,
+			     .user_data = type };
+
+	r.arg.sock.fd = sock;
+	r.arg.sock.events = events;
+	return xioctl(fd, AEM_IOC_REGISTER, &r);
+}
+
+static int tcp_listener(uint16_t *port)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET,
+				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	socklen_t len = sizeof(a);
+	int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof(a)) ||
+	    listen(l, 64) || getsockname(l, (struct sockaddr *)&a, &len))
+		return -1;
+	*port = ntohs(a.sin_port);
+	return l;
+}
+
+static int tcp_connect(uint16_t port)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET,
+				 .sin_port = htons(port),
+				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	int c = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (c < 0 || connect(c, (struct sockaddr *)&a, sizeof(a))) {
+		if (c >= 0)
+			close(c);
+		return -1;
+	}
+	return c;
+}
+
+/* A connected TCP pair: *srv accepted here, *cli the peer. */
+static int tcp_pair(int *srv, int *cli)
+{
+	uint16_t port;
+	int l = tcp_listener(&port);
+
+	*srv = *cli = -1;
+	if (l < 0)
+		return -1;
+	*cli = tcp_connect(port);
+	if (*cli >= 0)
+		*srv = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+	close(l);
+	return *srv >= 0 && *cli >= 0 ? 0 : -1;
+}
+
+static uint16_t port_of(int fd, int peer)
+{
+	struct sockaddr_in a;
+	socklen_t len = sizeof(a);
+
+	if (peer ? getpeername(fd, (struct sockaddr *)&a, &len) :
+		   getsockname(fd, (struct sockaddr *)&a, &len))
+		return 0;
+	return ntohs(a.sin_port);
+}
+
+static int arena_setup(int fd, uint64_t bytes, void **map)
+{
+	struct aem_arena_setup as = { .size = sizeof(as), .bytes = bytes };
+	int r = xioctl(fd, AEM_IOC_ARENA_SETUP, &as);
+
+	if (r)
+		return r;
+	if (as.mmap_offset != AEM_ARENA_OFFSET || as.block == 0)
+		return -EPROTO;
+	*map = mmap(NULL, bytes, PROT_READ, MAP_SHARED, fd, as.mmap_offset);
+	return *map == MAP_FAILED ? -errno : 0;
+}
+
+static int arena_free(int fd, uint64_t off)
+{
+	struct aem_arena_free af = { .size = sizeof(af), .offset = off };
+
+	return xioctl(fd, AEM_IOC_ARENA_FREE, &af);
+}
+
+static int sock_loaded(void)
+{
+	struct aem_info info = { .size = sizeof(info) };
+
+	return xioctl(dev_fd, AEM_IOC_INFO, &info) == 0 &&
+	       (info.types & (1u << AEM_EV_READ)) &&
+	       info.max_arena_bytes >= 65536;
+}
+
+static void t_sock_accept(void)
+{
+	struct aem_delivery d[4];
+	struct aem_reg_stats st;
+	int fd = open("/dev/aem", O_RDWR | O_CLOEXEC);
+	int l, c[3], c3, id, i, n;
+	struct pollfd pd = { .fd = fd, .events = POLLIN };
+	struct pollfd pc = { .events = POLLIN };
+	struct aem_reg_info info;
+	uint16_t port;
+
+	CHECK(fd >= 0, "open");
+	l = tcp_listener(&port);
+	CHECK(l >= 0, "listener");
+	id = reg_sock(fd, AEM_EV_ACCEPT, l, 0, 0);
+	CHECK(id > 0, "register %d", id);
+	CHECK(wait_ev(fd, d, 4, 0) == 0, "nothing before a connection");
+	for (i = 0; i < 3; i++) {
+		c[i] = tcp_connect(port);
+		CHECK(c[i] >= 0, "connect");
+	}
+	/* One delivery per connection, each with its own fd, in order. */
+	for (i = 0; i < 3; i++) {
+		n = wait_ev(fd, d, 1, 2000000000);
+		CHECK(n == 1 && d[0].id == id && d[0].type == AEM_EV_ACCEPT &&
+		      d[0].count == 1 && d[0].data[1] == 0,
+		      "delivery %d: n %d count %llu err %lld", i, n,
+		      (unsigned long long)d[0].count, (long long)d[0].data[1]);
+		CHECK(fcntl((int)d[0].value, F_GETFD) == 0,
+		      "accepted fd %llu not installed without CLOEXEC",
+		      (unsigned long long)d[0].value);
+		CHECK(port_of((int)d[0].value, 1) == port_of(c[i], 0),
+		      "connection %d: peer port %u, client %u", i,
+		      port_of((int)d[0].value, 1), port_of(c[i], 0));
+		CHECK(write(c[i], "x", 1) == 1, "write");
+		CHECK(read((int)d[0].value, &n, 1) == 1, "read accepted");
+		close((int)d[0].value);
+	}
+	CHECK(wait_ev(fd, d, 4, 20000000) == 0, "no more deliveries");
+	CHECK(stats(fd, id, &st) == 0 && st.activations == 3 &&
+	      st.deliveries == 3 && st.merged == 0, "stats %llu %llu",
+	      (unsigned long long)st.activations,
+	      (unsigned long long)st.deliveries);
+	/* A pending connection when the registration is cleaned. */
+	c[0] = tcp_connect(port);
+	CHECK(ctl(fd, id, AEM_CTL_CLEAN, 0) == 0, "clean");
+	n = accept4(l, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+	CHECK(n >= 0, "the connection stays on the listener");
+	close(n);
+	/* Accepted in the kernel, never delivered, then cleaned: closed. */
+	id = reg_sock(fd, AEM_EV_ACCEPT, l, 0, 0);
+	CHECK(id > 0, "register %d", id);
+	c3 = tcp_connect(port);
+	CHECK(c3 >= 0, "connect");
+	pc.fd = c3;
+	CHECK(poll(&pd, 1, 2000) == 1, "context readable");
+	CHECK(lookup(fd, id, &info) == 0 && info.pending == 1,
+	      "pending %llu", (unsigned long long)info.pending);
+	CHECK(ctl(fd, id, AEM_CTL_CLEAN, 0) == 0, "clean");
+	CHECK(poll(&pc, 1, 2000) == 1 && read(c3, &n, 1) == 0,
+	      "undelivered connection not closed");
+	close(c3);
+	for (i = 0; i < 3; i++)
+		close(c[i]);
+	close(l);
+	close(fd);
+}
+
+static void t_sock_read_arena(void)
+{
+	struct aem_delivery d[4];
+	struct aem_arena_setup as = { .size = sizeof(as), .bytes = 4095 };
+	int fd = open("/dev/aem", O_RDWR | O_CLOEXEC), srv, cli, id, n, i;
+	char msg[3000], *map = NULL;
+	uint64_t off;
+
+	CHECK(fd >= 0, "open");
+	CHECK(tcp_pair(&srv, &cli) == 0, "tcp pair");
+	CHECK(reg_sock(fd, AEM_EV_READ, srv, 0, 0) == -ENXIO,
+	      "read without an arena");
+	CHECK(xioctl(fd, AEM_IOC_ARENA_SETUP, &as) == -EINVAL, "bytes not a page multiple");
+	as.bytes = 1ull << 40;
+	CHECK(xioctl(fd, AEM_IOC_ARENA_SETUP, &as) == -EINVAL, "too big");
+	as.bytes = 65536;
+	as.reserved0 = 1;
+	CHECK(xioctl(fd, AEM_IOC_ARENA_SETUP, &as) == -EINVAL, "reserved");
+	as.reserved0 = 0;
+	as.flags = 1;
+	CHECK(xioctl(fd, AEM_IOC_ARENA_SETUP, &as) == -EINVAL, "flags");
+	CHECK(arena_free(fd, 0) == -ENXIO, "free without an arena");
+	CHECK(arena_setup(fd, 65536, (void **)&map) == 0, "arena setup");
+	CHECK(arena_setup(fd, 65536, (void **)&map) == -EBUSY, "second arena");
+	CHECK(mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd,
+		   AEM_ARENA_OFFSET) == MAP_FAILED, "writable mapping");
+	CHECK(reg_sock(fd, AEM_EV_READ, srv, 1, 0) == -EINVAL, "events");
+	CHECK(reg_sock(fd, AEM_EV_READ, srv, 0, AEM_EDGE) == -EINVAL, "edge");
+	id = reg_sock(fd, AEM_EV_READ, srv, 0, 0);
+	CHECK(id > 0, "register %d", id);
+	CHECK(wait_ev(fd, d, 4, 0) == 0, "nothing before data");
+	for (i = 0; i < (int)sizeof(msg); i++)
+		msg[i] = 'a' + i % 26;
+	CHECK(write(cli, msg, sizeof(msg)) == sizeof(msg), "write");
+	n = wait_ev(fd, d, 4, 2000000000);
+	CHECK(n == 1 && d[0].id == id && d[0].data[1] == 0 && d[0].value &&
+	      d[0].value <= sizeof(msg), "data: n %d len %llu err %lld", n,
+	      (unsigned long long)d[0].value, (long long)d[0].data[1]);
+	off = d[0].data[0];
+	CHECK(off + d[0].value <= 65536 &&
+	      !memcmp(map + off, msg, d[0].value), "bytes in the arena");
+	n = d[0].value;
+	/* The rest, if it came in pieces. */
+	while (n < (int)sizeof(msg)) {
+		CHECK(arena_free(fd, off) == 0, "free");
+		CHECK(wait_ev(fd, d, 4, 2000000000) == 1 && d[0].value,
+		      "more data");
+		off = d[0].data[0];
+		CHECK(!memcmp(map + off, msg + n, d[0].value), "bytes");
+		n += d[0].value;
+	}
+	CHECK(arena_free(fd, off) == 0, "free");
+	CHECK(arena_free(fd, off) == -EINVAL, "double free");
+	CHECK(arena_free(fd, 1) == -EINVAL, "unaligned free");
+	CHECK(arena_free(fd, 1ull << 20) == -EINVAL, "free out of range");
+	/* End of file: once, len 0. */
+	close(cli);
+	n = wait_ev(fd, d, 4, 2000000000);
+	CHECK(n == 1 && d[0].value == 0 && d[0].data[1] == 0, "eof: n %d", n);
+	CHECK(wait_ev(fd, d, 4, 20000000) == 0, "eof once");
+	CHECK(ctl(fd, id, AEM_CTL_CLEAN, 0) == 0, "clean");
+	munmap(map, 65536);
+	close(srv);
+	close(fd);
+}
+
+/*
+ * A full arena: -ENOMEM in data[1], once; the data waits in the socket
+ * and comes when a chunk is given back. A reset: -ECONNRESET, then EOF.
+ */
+static void t_sock_read_enomem_reset(void)
+{
+	struct aem_delivery d[4];
+	struct linger lg = { 1, 0 };
+	int fd = open("/dev/aem", O_RDWR | O_CLOEXEC), srv, cli, id, n;
+	char buf[3000], *map = NULL;
+	uint64_t off;
+
+	CHECK(fd >= 0, "open");
+	CHECK(tcp_pair(&srv, &cli) == 0, "tcp pair");
+	CHECK(arena_setup(fd, 4096, (void **)&map) == 0, "arena setup");
+	id = reg_sock(fd, AEM_EV_READ, srv, 0, 0);
+	CHECK(id > 0, "register %d", id);
+	memset(buf, 'q', sizeof(buf));
+	CHECK(write(cli, buf, sizeof(buf)) == sizeof(buf), "write");
+	n = wait_ev(fd, d, 4, 2000000000);
+	CHECK(n == 1 && d[0].value == sizeof(buf), "first chunk: n %d len %llu",
+	      n, (unsigned long long)d[0].value);
+	off = d[0].data[0];
+	CHECK(write(cli, buf, sizeof(buf)) == sizeof(buf), "write");
+	n = wait_ev(fd, d, 4, 2000000000);
+	CHECK(n == 1 && d[0].data[1] == (uint64_t)-ENOMEM && !d[0].value,
+	      "enomem: n %d err %lld", n, (long long)d[0].data[1]);
+	CHECK(wait_ev(fd, d, 4, 20000000) == 0, "enomem once");
+	CHECK(arena_free(fd, off) == 0, "free");
+	n = wait_ev(fd, d, 4, 2000000000);
+	CHECK(n == 1 && d[0].value == sizeof(buf) && !d[0].data[1],
+	      "after free: n %d len %llu", n, (unsigned long long)d[0].value);
+	CHECK(arena_free(fd, d[0].data[0]) == 0, "free");
+	/* Unread data at the client: its close sends a reset. */
+	CHECK(write(srv, "unread", 6) == 6, "write");
+	CHECK(setsockopt(cli, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg)) == 0,
+	      "linger");
+	close(cli);
+	n = wait_ev(fd, d, 4, 2000000000);
+	CHECK(n == 1 && d[0].data[1] == (uint64_t)-ECONNRESET,
+	      "reset: n %d err %lld", n, (long long)d[0].data[1]);
+	n = wait_ev(fd, d, 4, 2000000000);
+	CHECK(n == 1 && d[0].value == 0 && !d[0].data[1], "eof after reset");
+	CHECK(wait_ev(fd, d, 4, 20000000) == 0, "eof once");
+	close(srv);
+	/* Never connected: -ENOTCONN once, then end of file, then quiet. */
+	srv = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	id = reg_sock(fd, AEM_EV_READ, srv, 0, 0);
+	CHECK(id > 0, "register %d", id);
+	n = wait_ev(fd, d, 4, 2000000000);
+	CHECK(n == 1 && d[0].data[1] == (uint64_t)-ENOTCONN,
+	      "not connected: n %d err %lld", n, (long long)d[0].data[1]);
+	n = wait_ev(fd, d, 4, 2000000000);
+	CHECK(n == 1 && d[0].value == 0 && !d[0].data[1], "eof after error");
+	CHECK(wait_ev(fd, d, 4, 20000000) == 0, "quiet after eof");
+	close(srv);
+	close(fd);
+}
+
+static void t_sock_close_sk_sock(void)
+{
+	struct aem_delivery d[8];
+	struct aem_reg_info info;
+	int fd = open("/dev/aem", O_RDWR | O_CLOEXEC), srv, cli, u[2], p[2];
+	int idc, ids, idk, n, i, closes = 0, sks = 0;
+	uint16_t port;
+	int l = tcp_listener(&port);
+
+	CHECK(fd >= 0 && l >= 0, "open");
+	CHECK(tcp_pair(&srv, &cli) == 0, "tcp pair");
+	CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, u) == 0, "unix");
+	CHECK(pipe(p) == 0, "pipe");
+	/* Refusals. */
+	CHECK(reg_sock(fd, AEM_EV_CLOSE, p[0], 0, 0) == -ENOTSOCK, "pipe");
+	CHECK(reg_sock(fd, AEM_EV_CLOSE, 1 << 20, 0, 0) == -EBADF, "bad fd");
+	CHECK(reg_sock(fd, AEM_EV_SK, u[0], 0, 0) == -EOPNOTSUPP, "sk on unix");
+	CHECK(reg_sock(fd, AEM_EV_SK, srv, 1, 0) == -EINVAL, "sk state 0");
+	CHECK(reg_sock(fd, AEM_EV_SK, srv, 1 << 20, 0) == -EINVAL, "sk mask");
+	CHECK(reg_sock(fd, AEM_EV_ACCEPT, srv, 0, 0) == -EINVAL,
+	      "accept on a connection");
+	CHECK(reg_sock(fd, AEM_EV_ACCEPT, l, 0, AEM_ABSTIME) == -EINVAL,
+	      "abstime");
+	CHECK(reg_sock(fd, AEM_EV_CLOSE, srv, POLLIN, 0) == -EINVAL, "events");
+	CHECK(reg_sock(fd, AEM_EV_SOCK, srv, 1u << 30, 0) == -EINVAL, "sock bits");
+	{
+		struct aem_reg r = { .size = sizeof(r), .type = AEM_EV_CLOSE };
+
+		r.arg.sock.fd = srv;
+		r.arg.raw[1] = 1;
+		CHECK(xioctl(fd, AEM_IOC_REGISTER, &r) == -EINVAL,
+		      "unused argument bytes");
+	}
+	idc = reg_sock(fd, AEM_EV_CLOSE, srv, 0, 0);
+	idk = reg_sock(fd, AEM_EV_SK, srv, 0, 0);
+	ids = reg_sock(fd, AEM_EV_SOCK, srv, 0, AEM_EDGE);
+	CHECK(idc > 0 && idk > 0 && ids > 0, "register %d %d %d", idc, idk, ids);
+	CHECK(lookup(fd, idk, &info) == 0 && info.fd == srv &&
+	      info.type == AEM_EV_SK, "lookup");
+	CHECK(ctl(fd, idk, AEM_CTL_FILTER, 0) == -EINVAL, "sk filter 0");
+	CHECK(ctl(fd, idc, AEM_CTL_FILTER, 1) == -EOPNOTSUPP, "close filter");
+	/* Writable at once: SOCK reports EPOLLOUT; nothing else yet. */
+	n = drain(fd, d, 8);
+	CHECK(n == 1 && d[0].id == ids && (d[0].value & POLLOUT),
+	      "initial: n %d id %d", n, d[0].id);
+	CHECK(ctl(fd, ids, AEM_CTL_FILTER, POLLIN | POLLRDHUP) == 0, "filter");
+	close(cli);
+	for (i = 0; i < 40 && (closes < 1 || sks < 1); i++) {
+		n = wait_ev(fd, d, 8, 100000000);
+		for (int j = 0; j < n; j++) {
+			if (d[j].id == idc) {
+				closes++;
+				CHECK(d[j].value & POLLRDHUP, "close bits %llx",
+				      (unsigned long long)d[j].value);
+			}
+			if (d[j].id == idk) {
+				sks++;
+				CHECK(d[j].data[0] == TCP_ESTABLISHED &&
+				      d[j].value == TCP_CLOSE_WAIT,
+				      "transition %llu -> %llu",
+				      (unsigned long long)d[j].data[0],
+				      (unsigned long long)d[j].value);
+			}
+			if (d[j].id == ids)
+				CHECK(d[j].value & (POLLIN | POLLRDHUP),
+				      "sock bits %llx",
+				      (unsigned long long)d[j].value);
+		}
+	}
+	CHECK(closes == 1 && sks == 1, "close %d sk %d", closes, sks);
+	/* Our side closes: LAST_ACK, then CLOSE; only CLOSE asked for. */
+	CHECK(ctl(fd, idk, AEM_CTL_FILTER, 1u << TCP_CLOSE) == 0, "sk filter");
+	CHECK(shutdown(srv, SHUT_WR) == 0, "shutdown");
+	for (i = 0, sks = 0; i < 40 && !sks; i++) {
+		n = wait_ev(fd, d, 8, 100000000);
+		for (int j = 0; j < n; j++) {
+			if (d[j].id == idc)
+				closes++;
+			if (d[j].id == idk) {
+				sks++;
+				CHECK(d[j].value == TCP_CLOSE, "new state %llu",
+				      (unsigned long long)d[j].value);
+			}
+		}
+	}
+	CHECK(sks == 1 && closes == 1, "sk %d close %d", sks, closes);
+	/* Unix stream sockets: close and sock work there too. */
+	CHECK(reg_sock(fd, AEM_EV_CLOSE, u[0], 0, 0) > 0, "close on unix");
+	close(u[1]);
+	n = wait_ev(fd, d, 8, 2000000000);
+	CHECK(n >= 1, "unix close");
+	close(u[0]);
+	close(srv);
+	close(l);
+	close(p[0]);
+	close(p[1]);
+	close(fd);	/* with live registrations */
+}
+
+/* Fault injection on the accept and read paths; exit with live ones. */
+static void t_sock_faults_exit(void)
+{
+	const char *fa = "/sys/kernel/debug/aem_sock/fail_accept/";
+	const char *fr = "/sys/kernel/debug/aem_sock/fail_read/";
+	struct aem_delivery d[4];
+	char path[128], *map;
+	int fd = open("/dev/aem", O_RDWR | O_CLOEXEC), l, c, srv, cli, ida, idr;
+	uint16_t port;
+	pid_t pid;
+	int st, n;
+
+	CHECK(fd >= 0, "open");
+	l = tcp_listener(&port);
+	CHECK(l >= 0 && tcp_pair(&srv, &cli) == 0, "sockets");
+	CHECK(arena_setup(fd, 65536, (void **)&map) == 0, "arena");
+	ida = reg_sock(fd, AEM_EV_ACCEPT, l, 0, 0);
+	idr = reg_sock(fd, AEM_EV_READ, srv, 0, 0);
+	CHECK(ida > 0 && idr > 0, "register");
+	snprintf(path, sizeof(path), "%stimes", fa);
+	CHECK(write_param(path, "1") == 0, "times");
+	snprintf(path, sizeof(path), "%sprobability", fa);
+	CHECK(write_param(path, "100") == 0, "probability");
+	c = tcp_connect(port);
+	n = wait_ev(fd, d, 4, 2000000000);
+	CHECK(n == 1 && d[0].id == ida && d[0].data[1] == (uint64_t)-ENOMEM,
+	      "injected accept failure: n %d err %lld", n,
+	      (long long)d[0].data[1]);
+	n = wait_ev(fd, d, 4, 2000000000);
+	CHECK(n == 1 && d[0].id == ida && !d[0].data[1] && (int)d[0].value >= 0,
+	      "accepted after the failure");
+	close((int)d[0].value);
+	write_param(path, "0");
+	snprintf(path, sizeof(path), "%stimes", fr);
+	CHECK(write_param(path, "1") == 0, "times");
+	snprintf(path, sizeof(path), "%sprobability", fr);
+	CHECK(write_param(path, "100") == 0, "probability");
+	CHECK(write(cli, "abc", 3) == 3, "write");
+	n = wait_ev(fd, d, 4, 2000000000);
+	CHECK(n == 1 && d[0].id == idr && d[0].data[1] == (uint64_t)-ENOMEM,
+	      "injected read failure");
+	write_param(path, "0");
+	close(fd);
+	close(c);
+	close(cli);
+	close(srv);
+	close(l);
+	/* A process killed with socket registrations and a pending accept. */
+	pid = fork();
+	if (pid == 0) {
+		int f = open("/dev/aem", O_RDWR | O_CLOEXEC), s2, c2;
+		uint16_t p2;
+		int l2 = tcp_listener(&p2);
+		void *m;
+
+		if (f < 0 || l2 < 0 || tcp_pair(&s2, &c2) ||
+		    arena_setup(f, 65536, &m))
+			_exit(1);
+		reg_sock(f, AEM_EV_ACCEPT, l2, 0, 0);
+		reg_sock(f, AEM_EV_READ, s2, 0, 0);
+		reg_sock(f, AEM_EV_CLOSE, s2, 0, 0);
+		reg_sock(f, AEM_EV_SK, s2, 0, 0);
+		reg_sock(f, AEM_EV_SOCK, s2, 0, 0);
+		tcp_connect(p2);
+		if (write(c2, "pending", 7) != 7)
+			_exit(1);
+		kill(getpid(), SIGKILL);
+		for (;;)
+			pause();
+	}
+	CHECK(pid > 0, "fork");
+	waitpid(pid, &st, 0);
+	CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "status %x", st);
+}
+
+/* With the inet_sock_set_state tracepoint: every transition, in order. */
+static void t_sock_sk_exact(void)
+{
+	struct aem_delivery d[8];
+	struct sockaddr_in a = { .sin_family = AF_INET,
+				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	int fd = open("/dev/aem", O_RDWR | O_CLOEXEC), srv, cli, c2, l;
+	int ids, idc, n, got = 0, i;
+	int want_srv[2][2] = { { TCP_CLOSE_WAIT, TCP_LAST_ACK },
+			       { TCP_LAST_ACK, TCP_CLOSE } };
+	int want_cli[2][2] = { { TCP_CLOSE, TCP_SYN_SENT },
+			       { TCP_SYN_SENT, TCP_ESTABLISHED } };
+	uint64_t seen[2][2];
+	uint16_t port;
+
+	CHECK(fd >= 0, "open");
+	CHECK(tcp_pair(&srv, &cli) == 0, "tcp pair");
+	ids = reg_sock(fd, AEM_EV_SK, srv, 0, 0);
+	CHECK(ids > 0, "register %d", ids);
+	close(cli);
+	n = wait_ev(fd, d, 8, 2000000000);
+	CHECK(n == 1 && d[0].data[0] == TCP_ESTABLISHED &&
+	      d[0].value == TCP_CLOSE_WAIT, "close_wait: n %d", n);
+	/* Two transitions before we look: both reported, in order. */
+	CHECK(shutdown(srv, SHUT_WR) == 0, "shutdown");
+	for (i = 0; i < 1000000; i++) {
+		struct tcp_info ti;
+		socklen_t len = sizeof(ti);
+
+		CHECK(getsockopt(srv, IPPROTO_TCP, TCP_INFO, &ti, &len) == 0,
+		      "tcp_info");
+		if (ti.tcpi_state == TCP_CLOSE)
+			break;
+		sched_yield();
+	}
+	while (got < 2 && (n = wait_ev(fd, d, 1, 1000000000)) == 1) {
+		seen[got][0] = d[0].data[0];
+		seen[got][1] = d[0].value;
+		got++;
+	}
+	CHECK(got == 2, "transitions after shutdown: %d", got);
+	for (i = 0; i < 2; i++)
+		CHECK(seen[i][0] == (uint64_t)want_srv[i][0] &&
+		      seen[i][1] == (uint64_t)want_srv[i][1],
+		      "transition %d: %llu -> %llu", i,
+		      (unsigned long long)seen[i][0],
+		      (unsigned long long)seen[i][1]);
+	CHECK(wait_ev(fd, d, 8, 20000000) == 0, "nothing more");
+	close(srv);
+	/* A connecting socket: CLOSE -> SYN_SENT -> ESTABLISHED. */
+	l = tcp_listener(&port);
+	c2 = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	CHECK(l >= 0 && c2 >= 0, "sockets");
+	idc = reg_sock(fd, AEM_EV_SK, c2, 0, 0);
+	CHECK(idc > 0, "register %d", idc);
+	a.sin_port = htons(port);
+	CHECK(connect(c2, (struct sockaddr *)&a, sizeof(a)) == 0, "connect");
+	for (i = 0; i < 2; i++) {
+		n = wait_ev(fd, d, 1, 2000000000);
+		CHECK(n == 1 && d[0].id == idc &&
+		      d[0].data[0] == (uint64_t)want_cli[i][0] &&
+		      d[0].value == (uint64_t)want_cli[i][1],
+		      "connect transition %d: n %d %llu -> %llu", i, n,
+		      (unsigned long long)d[0].data[0],
+		      (unsigned long long)d[0].value);
+	}
+	close(c2);
+	close(l);
+	close(fd);
+}
+
 int main(int argc, char **argv)
 {
 	struct aem_info info = { .size = sizeof(info) };
+	char tp[16];
 
 	if (argc == 3 && !strcmp(argv[1], "pollfree-exec"))
 		return pollfree_exec(atoi(argv[2]));
@@ -1805,6 +2347,30 @@ int main(int argc, char **argv)
 	}
 	t_close_many(); report("close_with_thousands_live", NULL);
 	t_exit_with_live(); report("sigkill_with_live", NULL);
+	if (!sock_loaded()) {
+		report("sock_accept", "aem_sock not loaded");
+		report("sock_read_arena", "aem_sock not loaded");
+		report("sock_read_enomem_reset", "aem_sock not loaded");
+		report("sock_close_sk_sock", "aem_sock not loaded");
+		report("sock_faults_exit", "aem_sock not loaded");
+		report("sock_sk_exact_transitions", "aem_sock not loaded");
+	} else {
+		t_sock_accept(); report("sock_accept", NULL);
+		t_sock_read_arena(); report("sock_read_arena", NULL);
+		t_sock_read_enomem_reset(); report("sock_read_enomem_reset", NULL);
+		t_sock_close_sk_sock(); report("sock_close_sk_sock", NULL);
+		if (access("/sys/kernel/debug/aem_sock/fail_accept", F_OK)) {
+			report("sock_faults_exit", "no debugfs");
+		} else {
+			t_sock_faults_exit(); report("sock_faults_exit", NULL);
+		}
+		if (read_param("/sys/kernel/debug/aem_sock/sk_tracepoint",
+			       tp, sizeof(tp)) || tp[0] != '1') {
+			report("sock_sk_exact_transitions", "no tracepoint");
+		} else {
+			t_sock_sk_exact(); report("sock_sk_exact_transitions", NULL);
+		}
+	}
 	close(dev_fd);
 	dev_fd = open("/dev/aem", O_RDWR | O_CLOEXEC);
 	test_no++;

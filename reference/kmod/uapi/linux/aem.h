@@ -120,6 +120,7 @@ struct aem_info {
 	__u32 delivery_size;	/* sizeof(struct aem_delivery) */
 	__u32 max_regs_per_user; /* registrations per user, all contexts */
 	__u32 family_version[16]; /* newest version serving type i, 0: none */
+	__u64 max_arena_bytes;	/* largest data arena (AEM_IOC_ARENA_SETUP) */
 };
 
 #define AEM_INFO_SIZE_VER0	120
@@ -136,9 +137,41 @@ struct aem_fd_arg {		/* AEM_EV_FD */
 	__u32 events;		/* poll bits: EPOLLIN, EPOLLOUT, ... */
 };
 
+/*
+ * The socket families (AEM_EV_ACCEPT, READ, CLOSE, SK, SOCK). @events:
+ *   AEM_EV_SOCK  poll bits (EPOLLIN, ...), 0: AEM_SOCK_DEFAULT
+ *   AEM_EV_SK    TCP states to report transitions into, bit (1 << state),
+ *                within AEM_SK_STATES; 0: all of them
+ *   others       must be 0
+ * Deliveries (struct aem_delivery), count 1 each except AEM_EV_SOCK:
+ *   data[1]      0, or a negative errno the family met (for instance
+ *                -ECONNRESET from a read, -EMFILE from an accept, -ENOMEM
+ *                when the arena has no room): not final, the registration
+ *                goes on (a read error other than -ENOMEM is followed by
+ *                end of file); the other fields are then 0
+ *   ACCEPT       value: the accepted connection's fd, installed in the
+ *                owner's fd table (no O_CLOEXEC, blocking), one per delivery
+ *   READ         value: bytes read (0: end of file, delivered once);
+ *                data[0]: their offset in the data arena, which user space
+ *                gives back with AEM_IOC_ARENA_FREE; one chunk per delivery.
+ *                Needs an arena (AEM_IOC_ARENA_SETUP) at registration.
+ *   CLOSE        value: the poll bits that said so (EPOLLRDHUP, EPOLLHUP):
+ *                the connection was closed (peer or own shutdown); once
+ *   SK           value: the new TCP state; data[0]: the previous one
+ *   SOCK         value: poll bits, OR-ed; count: wakeups merged
+ */
+struct aem_sock_arg {
+	__s32 fd;
+	__u32 events;
+};
+
+#define AEM_SOCK_DEFAULT	0x201fu	/* IN PRI OUT ERR HUP RDHUP */
+#define AEM_SK_STATES		0x1ffeu	/* TCP_ESTABLISHED .. TCP_CLOSING */
+
 union aem_reg_arg {
 	struct aem_timer_arg timer;
 	struct aem_fd_arg fd;
+	struct aem_sock_arg sock;
 	__u64 raw[6];		/* bytes a family does not use must be 0 */
 };
 
@@ -235,7 +268,7 @@ struct aem_delivery {
 	__u64 count;		/* occurrences (timer: expirations) */
 	__u64 value;		/* soft: last raised value; fd: revents */
 	__u64 user_data;	/* from struct aem_reg */
-	__u64 data[2];		/* family data, 0 for timer and soft */
+	__u64 data[2];		/* family data (sockets), else 0 */
 };
 
 #define AEM_DELIVERY_SIZE_VER0	64
@@ -333,6 +366,36 @@ struct aem_ring_hdr {
 /* struct aem_wait.flags */
 #define AEM_WAIT_REFILL		0x1u	/* refill the ring, pop nothing */
 
+/*
+ * The data arena ("vmtable"): event data the kernel produces (socket reads)
+ * lives here, in memory user space maps read-write with
+ * mmap(NULL, bytes, PROT_READ, MAP_SHARED, fd, AEM_ARENA_OFFSET). The
+ * mapping is inherited by fork() (the ring's is not), so a child process
+ * sees the data without a copy. The allocator's records are kernel memory
+ * only; user space gives a chunk back with AEM_IOC_ARENA_FREE. Set up once
+ * per context.
+ */
+#define AEM_ARENA_OFFSET	0x10000000ull
+
+struct aem_arena_setup {
+	__u32 size;		/* sizeof(struct aem_arena_setup) */
+	__u32 flags;		/* must be 0 */
+	__u64 bytes;		/* in: page multiple, up to max_arena_bytes */
+	__u64 mmap_offset;	/* out: AEM_ARENA_OFFSET */
+	__u32 block;		/* out: allocation unit in bytes */
+	__u32 reserved0;	/* must be 0 */
+};
+
+#define AEM_ARENA_SETUP_SIZE_VER0	32
+
+struct aem_arena_free {
+	__u32 size;		/* sizeof(struct aem_arena_free) */
+	__u32 flags;		/* must be 0 */
+	__u64 offset;		/* a chunk's offset, as delivered */
+};
+
+#define AEM_ARENA_FREE_SIZE_VER0	16
+
 #define AEM_IOC_INFO		_IOWR(AEM_IOC_MAGIC, 0x00, struct aem_info)
 #define AEM_IOC_REGISTER	_IOWR(AEM_IOC_MAGIC, 0x01, struct aem_reg)
 #define AEM_IOC_CTL		_IOW(AEM_IOC_MAGIC, 0x02, struct aem_ctl)
@@ -340,5 +403,7 @@ struct aem_ring_hdr {
 #define AEM_IOC_RAISE		_IOW(AEM_IOC_MAGIC, 0x04, struct aem_raise)
 #define AEM_IOC_SET_SIGNAL	_IOW(AEM_IOC_MAGIC, 0x05, struct aem_signal)
 #define AEM_IOC_RING_SETUP	_IOWR(AEM_IOC_MAGIC, 0x06, struct aem_ring_setup)
+#define AEM_IOC_ARENA_SETUP	_IOWR(AEM_IOC_MAGIC, 0x07, struct aem_arena_setup)
+#define AEM_IOC_ARENA_FREE	_IOW(AEM_IOC_MAGIC, 0x08, struct aem_arena_free)
 
 #endif /* _UAPI_LINUX_AEM_H */

@@ -79,11 +79,15 @@
 //   ids the application knows: the library's ids are its own, mapped to
 //   the kernel's.
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -113,6 +117,8 @@ constexpr unsigned kPollBits = POLLIN | POLLPRI | POLLOUT | POLLRDNORM | POLLRDB
 constexpr int kDispatchBatch = 4096;  // handlers per aem_dispatch() call
 constexpr unsigned kPullMax = 16;     // deliveries per AEM_IOC_WAIT
 constexpr size_t kMaxCores = 64;
+constexpr size_t kItemRoom = 256;              // socket items a record holds before growing
+constexpr uint64_t kGroupTag = uint64_t{1} << 40;  // user_data of a shared reader
 constexpr const char* kDevice = "/dev/aem";
 
 // Thread-local state. k_depth counts nested entries into this backend on
@@ -147,6 +153,17 @@ int64_t ts_ns(const timespec& t) {
 
 bool valid_ts(const timespec& t) {
   return t.tv_sec >= 0 && t.tv_nsec >= 0 && t.tv_nsec < 1000000000;
+}
+
+int check_socket(int fd) {
+  struct stat st;
+  if (fd < 0 || fstat(fd, &st) < 0) return -EBADF;
+  if (!S_ISSOCK(st.st_mode)) return -ENOTSOCK;
+  return 0;
+}
+
+bool has_items(int type) {
+  return type == AEM_EV_ACCEPT || type == AEM_EV_READ || type == AEM_EV_SK;
 }
 
 class Core;
@@ -195,7 +212,47 @@ class ValueRing {
   size_t n_ = 0;
 };
 
+// Socket event data pulled from the kernel, one per delivery: accept (a:
+// the new fd), read (a: arena offset, b: length, 0 for EOF), sk (a: old,
+// b: new state). Grows only outside the doorbell handler (see pull()).
+struct Item {
+  uint64_t a = 0;
+  uint64_t b = 0;
+};
+
+class ItemRing {
+ public:
+  size_t size() const { return n_; }
+  size_t room() const { return buf_.size() - n_; }
+  void reserve(size_t want) {
+    if (buf_.size() >= want) return;
+    std::vector<Item> nb(std::max(want, buf_.size() * 2));
+    for (size_t i = 0; i < n_; ++i) nb[i] = buf_[(head_ + i) % buf_.size()];
+    buf_.swap(nb);
+    head_ = 0;
+  }
+  void push_back(const Item& v) {  // room() > 0, or outside the doorbell handler
+    if (n_ == buf_.size()) reserve(std::max<size_t>(8, buf_.size() * 2));
+    buf_[(head_ + n_) % buf_.size()] = v;
+    ++n_;
+  }
+  const Item& front() const { return buf_[head_]; }
+  Item pop_front() {
+    Item v = buf_[head_];
+    head_ = (head_ + 1) % buf_.size();
+    --n_;
+    return v;
+  }
+  void clear() { head_ = n_ = 0; }
+
+ private:
+  std::vector<Item> buf_;
+  size_t head_ = 0;
+  size_t n_ = 0;
+};
+
 struct Queue;
+struct ReadGroup;
 
 struct Rec : std::enable_shared_from_this<Rec> {
   int id = 0;   // the library's id: what the application sees
@@ -204,10 +261,13 @@ struct Rec : std::enable_shared_from_this<Rec> {
   uint32_t flags = 0;  // as given at registration
   int prio = AEM_PRIO_DEFAULT;
   unsigned exec = AEM_EXEC_SAME;
-  int fd = -1;          // the application's fd (fd family)
-  unsigned events = 0;  // fd: the current filter
+  int fd = -1;          // the application's fd (fd and socket families)
+  unsigned events = 0;  // fd, sock: the current filter; sk: TCP states
   Invoker invoke;
   Queue* q = nullptr;
+  sockaddr* uaddr = nullptr;  // accept: where the peer address goes
+  socklen_t* uaddrlen = nullptr;
+  ReadGroup* grp = nullptr;  // read: the socket's shared reader
 
   // What it was registered with, to register it again after fork().
   clockid_t clock = CLOCK_MONOTONIC;
@@ -235,6 +295,8 @@ struct Rec : std::enable_shared_from_this<Rec> {
   uint64_t value = 0;     // soft: latest value
   unsigned revents = 0;   // fd: merged readiness
   ValueRing values;       // soft, per occurrence: values in raise order
+  ItemRing items;         // accept, read, sk: one per delivery
+  bool stalled = false;   // read: the application's allocator failed
   int error = 0;          // notice to deliver
 
   // Library-side statistics (the kernel counts activations).
@@ -263,6 +325,22 @@ struct Queue {
 struct Child {
   pid_t pid = 0;
   int pidfd = -1;
+  int64_t chunk = -1;  // arena offset the child reads, released when it exited
+};
+
+// One kernel AEM_EV_READ registration per socket, shared by every read
+// registration on it (dispatching, AEM-3.6.5): the kernel reads each
+// chunk once into the arena, every reader gets it (a reference count per
+// chunk), then EOF. A new registration after EOF starts a new reader.
+struct ReadGroup {
+  int gid = 0;
+  int kid = 0;
+  int fd = -1;
+  dev_t dev = 0;
+  ino_t ino = 0;
+  bool eof = false;
+  bool dead = false;  // cleaned in the kernel; erased by reap()
+  std::vector<Rec*> recs;
 };
 
 int xioctl(int fd, unsigned long req, void* arg) {
@@ -325,10 +403,18 @@ class Core : public std::enable_shared_from_this<Core> {
   int run_one(Queue& q, std::unique_lock<std::mutex>& lk);
   int run_error(Queue& q, int jid, int err, Rec* r, std::unique_lock<std::mutex>& lk);
   int wait(Queue& q, std::unique_lock<std::mutex>& lk, int timeout_ms);
-  int kreg(Rec& r, uint32_t kflags, int64_t value_ns);
+  int kreg(Rec& r, uint32_t kflags, int64_t value_ns, uint64_t user_data = 0);
   int kctl(const Rec& r, unsigned op, uint64_t arg);
   void set_doorbell(pid_t tid);
   void close_fd();
+  int ensure_arena();
+  void arena_ref(uint64_t off, int refs);
+  void arena_release(uint64_t off);
+  int read_join(Rec& r);
+  void read_leave(Rec& r);
+  bool route_read(const aem_delivery& d, Queue& self);
+  void drop_items(Rec& r);
+  bool items_room() const;
   void check_fork();
   void rebuild_child();
   void forget_parent();
@@ -354,6 +440,17 @@ class Core : public std::enable_shared_from_this<Core> {
   std::vector<Child> children_;  // PROCESS executor children (worker only)
   Rec* doomed_ = nullptr;
   pid_t sig_tid_ = 0;  // the doorbell's thread, 0: none
+  // The data arena (kernel memory mapped read-only, AEM_IOC_ARENA_SETUP),
+  // created with the first read registration.
+  const uint8_t* arena_ = nullptr;
+  size_t arena_size_ = 0;
+  uint32_t arena_block_ = 0;
+  std::vector<uint16_t> arena_refs_;  // readers yet to run, per chunk's first block
+  Allocator user_alloc_;              // the application's, if set
+  std::unordered_map<int, std::unique_ptr<ReadGroup>> groups_;
+  int next_gid_ = 1;
+  std::vector<Rec*> sock_recs_;  // records with items (accept, read, sk)
+  bool items_full_ = false;      // the doorbell handler stopped pulling: no room
   bool stop_requested_ = false;
   int keepalive_count_ = 0;
 };
@@ -422,6 +519,10 @@ int Core::shutdown() {
   lk.lock();
   reap_children(true);
   reap(lk);
+  // The arena's mapping holds the context file: unmap it, or closing the
+  // fd would not release the context and its registrations.
+  if (arena_) munmap(const_cast<uint8_t*>(arena_), arena_size_);
+  arena_ = nullptr;
   close_fd();  // the kernel releases every registration
   if (slot_ >= 0) g_cores[static_cast<size_t>(slot_)].store(nullptr);
   slot_ = -1;
@@ -538,6 +639,9 @@ void Core::retire(Rec& r) {
   unnotice(r);
   r.pending = 0;
   r.values.clear();
+  drop_items(r);
+  read_leave(r);
+  r.stalled = false;
   r.error = 0;
   r.dnext = doomed_;
   doomed_ = &r;
@@ -555,11 +659,18 @@ void Core::reap(std::unique_lock<std::mutex>& lk) {
       continue;
     }
     *link = r->dnext;
+    if (has_items(r->type)) std::erase(sock_recs_, r);
     auto it = regs_.find(r->id);
     if (it != regs_.end() && it->second.get() == r) {
       dead.push_back(std::move(it->second));
       regs_.erase(it);
     }
+  }
+  for (auto it = groups_.begin(); it != groups_.end();) {
+    if (it->second->dead && it->second->recs.empty())
+      it = groups_.erase(it);
+    else
+      ++it;
   }
   lk.unlock();
   dead.clear();
@@ -575,6 +686,17 @@ int Core::pull(Queue& self, bool until_mine) {
   if (fd_ < 0 || stopping_) return 0;
   int total = 0;
   for (;;) {
+    if (!k_in_signal) {
+      // Room for what the doorbell handler may pull without allocating.
+      for (Rec* r : sock_recs_)
+        if (r->items.room() < 2 * kPullMax) r->items.reserve(r->items.size() + kItemRoom);
+    } else if (!sock_recs_.empty() && !items_room()) {
+      // No room for socket items without allocating: leave them in the
+      // kernel; the doorbell handler signals itself again (run_async_here).
+      items_full_ = true;
+      self.undrained = true;
+      return total;
+    }
     aem_delivery buf[kPullMax];
     aem_wait w{};
     w.size = sizeof w;
@@ -598,10 +720,18 @@ bool Core::route(const aem_delivery& d, Queue& self) {
     self.overload += d.count ? d.count : 1;
     return true;
   }
+  if (d.user_data & kGroupTag) return route_read(d, self);
   auto it = regs_.find(static_cast<int>(d.user_data));
-  if (it == regs_.end()) return false;
+  if (it == regs_.end()) {
+    // Cleaned meanwhile: a connection accepted for it is not wanted.
+    if (d.type == AEM_EV_ACCEPT && !d.error && !d.data[1]) close(static_cast<int>(d.value));
+    return false;
+  }
   Rec& r = *it->second;
-  if (r.kid != d.id || r.retired) return false;  // cleaned meanwhile
+  if (r.kid != d.id || r.retired) {  // cleaned meanwhile
+    if (r.type == AEM_EV_ACCEPT && !d.error && !d.data[1]) close(static_cast<int>(d.value));
+    return false;
+  }
   Queue& q = *r.q;
   if (d.error) {
     // The kernel's final delivery (-ETIMEDOUT): the registration is gone.
@@ -612,14 +742,22 @@ bool Core::route(const aem_delivery& d, Queue& self) {
     notice(r, d.error);
     return &q == &self;
   }
+  if (const auto status = static_cast<int64_t>(d.data[1]); status) {
+    // Not final (socket families): -EMFILE from an accept, ...
+    ++r.lib_errors;
+    notice(r, static_cast<int>(status));
+    return &q == &self;
+  }
+  const bool poll_family = r.type == AEM_EV_FD || r.type == AEM_EV_SOCK;
   // Level trigger: the kernel re-checks readiness at each pull, so a pull
   // made while the handler runs (or before it ran) may report readiness
   // the handler is about to consume: checked again before running.
-  if (r.type == AEM_EV_FD && !(r.flags & AEM_EDGE) && (r.running || r.pending))
-    r.maybe_stale = true;
-  r.pending += d.count;
+  if (poll_family && !(r.flags & AEM_EDGE) && (r.running || r.pending)) r.maybe_stale = true;
+  if (r.type == AEM_EV_ACCEPT) r.items.push_back({d.value, 0});
+  if (r.type == AEM_EV_SK) r.items.push_back({d.data[0], d.value});
+  r.pending += has_items(r.type) ? 1 : d.count;
   if (r.type == AEM_EV_SOFT) r.value = d.value;
-  if (r.type == AEM_EV_FD) r.revents |= static_cast<unsigned>(d.value);
+  if (poll_family) r.revents |= static_cast<unsigned>(d.value);
   if (d.flags & AEM_DLV_FINAL) {
     r.final_seen = true;
     mark_gone(r);
@@ -681,16 +819,56 @@ int Core::run_one(Queue& q, std::unique_lock<std::mutex>& lk) {
   ev.jid = r.id;
   ev.type = r.type;
   ev.fd = r.fd;
-  const bool per = (r.flags & AEM_PER_OCCURRENCE) && !(r.flags & AEM_ONESHOT);
+  // Socket items are delivered one per call, like the kernel made them.
+  const bool per =
+      has_items(r.type) || ((r.flags & AEM_PER_OCCURRENCE) && !(r.flags & AEM_ONESHOT));
   const uint64_t used = per ? 1 : r.pending;
   ev.count = used;
+  Item item;
+  bool arena_chunk = false;  // ev.data is in the arena: released after the handler
+  void* app_buf = nullptr;   // ev.data is the application's: released after the handler
+  const Allocator app = user_alloc_;
   switch (r.type) {
     case AEM_EV_SOFT:
       ev.value = per && r.values.size() ? r.values.pop_front() : r.value;
       break;
     case AEM_EV_FD:
+    case AEM_EV_SOCK:
       ev.events = r.revents;
       if (!per || r.pending == 1) r.revents = 0;
+      break;
+    case AEM_EV_ACCEPT:
+      item = r.items.pop_front();
+      ev.new_fd = static_cast<int>(item.a);
+      break;
+    case AEM_EV_SK:
+      item = r.items.pop_front();
+      ev.old_state = static_cast<int>(item.a);
+      ev.new_state = static_cast<int>(item.b);
+      break;
+    case AEM_EV_READ:
+      item = r.items.front();
+      if (item.b && app.alloc) {
+        // The application's memory (AEM-3.4.1): one copy out of the arena.
+        app_buf = app.alloc(item.b, app.opaque);
+        if (!app_buf) {
+          // Reported; the chunk waits until aem_set_allocator() is called.
+          r.stalled = true;
+          ++r.lib_errors;
+          notice(r, -ENOMEM);
+          hold.reset();
+          reap(lk);
+          return 0;
+        }
+        memcpy(app_buf, arena_ + item.a, item.b);
+        arena_release(item.a);
+      }
+      r.items.pop_front();
+      if (item.b) {
+        ev.data = app_buf ? app_buf : arena_ + item.a;
+        ev.len = item.b;
+        arena_chunk = !app_buf;
+      }
       break;
     default:
       break;
@@ -715,38 +893,57 @@ int Core::run_one(Queue& q, std::unique_lock<std::mutex>& lk) {
   }
   ++r.runs;
   r.run_occ += used;
-  const bool last = r.final_seen && !r.pending;
+  // One-shot readers are the library's (the kernel's reader is shared).
+  const bool last = (r.final_seen && !r.pending) || (r.grp && (r.flags & AEM_ONESHOT));
   if (last) retire(r);  // one-shot: its id is invalid from here; this call goes on
 
+  // accept: the peer address is stored before the handler runs.
+  auto fill_addr = [&r, &ev] {
+    if (r.type != AEM_EV_ACCEPT || !r.uaddr || !r.uaddrlen) return;
+    socklen_t n = *r.uaddrlen;
+    if (getpeername(ev.new_fd, r.uaddr, &n) == 0) *r.uaddrlen = n;
+  };
   q.busy = true;
   r.running = true;
   r.runner = self_tid();
   if (r.exec == AEM_EXEC_PROCESS) {
-    // A new process per activation (served by the worker thread).
+    // A new process per activation (served by the worker thread). Read
+    // data stays in the arena, which the child shares at the same address
+    // (direct data copy); an accepted connection belongs to the child.
     lk.unlock();
     pid_t pid = fork();
     if (pid == 0) {
       ++k_running;
+      fill_addr();
       r.invoke(ev);
       _exit(0);
     }
     const int fork_err = pid < 0 ? errno : 0;
     lk.lock();
+    if (r.type == AEM_EV_ACCEPT) close(ev.new_fd);
+    if (app_buf) app.release(app_buf, ev.len, app.opaque);
     if (pid > 0) {
       Child c;
       c.pid = pid;
       c.pidfd = static_cast<int>(syscall(SYS_pidfd_open, pid, 0));
+      if (arena_chunk) c.chunk = static_cast<int64_t>(item.a);
       children_.push_back(c);
-    } else if (!r.retired) {
-      ++r.lib_errors;
-      notice(r, -fork_err);
+    } else {
+      if (arena_chunk) arena_release(item.a);
+      if (!r.retired) {
+        ++r.lib_errors;
+        notice(r, -fork_err);
+      }
     }
   } else {
+    fill_addr();
     lk.unlock();
     ++k_running;
     r.invoke(ev);
     --k_running;
+    if (app_buf) app.release(app_buf, ev.len, app.opaque);
     lk.lock();
+    if (arena_chunk) arena_release(item.a);
   }
   r.running = false;
   q.busy = false;
@@ -901,6 +1098,7 @@ void Core::reap_children(bool block) {
       continue;
     }
     if (c.pidfd >= 0) close(c.pidfd);
+    if (c.chunk >= 0) arena_release(static_cast<uint64_t>(c.chunk));
     children_[i] = children_.back();
     children_.pop_back();
   }
@@ -923,18 +1121,21 @@ Rec* Core::find(int jid) {
 }
 
 // AEM_IOC_REGISTER for r with the given kernel flags; sets r.kid.
-int Core::kreg(Rec& r, uint32_t kflags, int64_t value_ns) {
+int Core::kreg(Rec& r, uint32_t kflags, int64_t value_ns, uint64_t user_data) {
   aem_reg kr{};
   kr.size = sizeof kr;
   kr.type = static_cast<uint32_t>(r.type);
   kr.flags = kflags;
-  kr.user_data = static_cast<uint64_t>(r.id);
+  kr.user_data = user_data ? user_data : static_cast<uint64_t>(r.id);
   if (r.type == AEM_EV_TIMER) {
     kr.arg.timer.value_ns = value_ns;
     kr.arg.timer.period_ns = r.period_ns;
   } else if (r.type == AEM_EV_FD) {
     kr.arg.fd.fd = r.fd;
     kr.arg.fd.events = r.events;
+  } else if (r.type >= AEM_EV_ACCEPT && r.type <= AEM_EV_SOCK) {
+    kr.arg.sock.fd = r.fd;
+    kr.arg.sock.events = (r.type == AEM_EV_SOCK || r.type == AEM_EV_SK) ? r.events : 0;
   }
   int k = xioctl(fd_, AEM_IOC_REGISTER, &kr);
   if (k == -EMFILE || k == -EDQUOT) k = -ENOSPC;  // the kernel's registration limits
@@ -950,6 +1151,163 @@ int Core::kctl(const Rec& r, unsigned op, uint64_t arg) {
   c.op = op;
   c.arg = arg;
   return xioctl(fd_, AEM_IOC_CTL, &c);
+}
+
+// ---------------------------------------------------------------------------
+// Socket families: the data arena and shared readers. Under mu_.
+
+// Maps the context's data arena: the policy's size (AEM_ARENA_BYTES), at
+// most what the kernel allows.
+int Core::ensure_arena() {
+  if (arena_) return 0;
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  size_t bytes = (policy_.arena_bytes + page - 1) / page * page;
+  if (info_.max_arena_bytes && bytes > info_.max_arena_bytes)
+    bytes = info_.max_arena_bytes / page * page;
+  if (bytes == 0) return -ENOMEM;
+  aem_arena_setup as{};
+  as.size = sizeof as;
+  as.bytes = bytes;
+  if (int e = xioctl(fd_, AEM_IOC_ARENA_SETUP, &as); e < 0) return e;
+  void* p = mmap(nullptr, bytes, PROT_READ, MAP_SHARED, fd_, static_cast<off_t>(as.mmap_offset));
+  if (p == MAP_FAILED) return -errno;  // the kernel's arena stays unused
+  arena_ = static_cast<const uint8_t*>(p);
+  arena_size_ = bytes;
+  arena_block_ = as.block;
+  arena_refs_.assign(bytes / as.block, 0);
+  return 0;
+}
+
+void Core::arena_ref(uint64_t off, int refs) {
+  if (!arena_ || off >= arena_size_) return;
+  if (refs <= 0) {
+    aem_arena_free af{};
+    af.size = sizeof af;
+    af.offset = off;
+    xioctl(fd_, AEM_IOC_ARENA_FREE, &af);
+    return;
+  }
+  arena_refs_[off / arena_block_] = static_cast<uint16_t>(refs);
+}
+
+// One reader is done with the chunk at off; the last one gives it back.
+// No allocation: fine inside the doorbell handler.
+void Core::arena_release(uint64_t off) {
+  if (!arena_ || off >= arena_size_) return;
+  uint16_t& n = arena_refs_[off / arena_block_];
+  if (n > 1) {
+    --n;
+    return;
+  }
+  n = 0;
+  arena_ref(off, 0);
+}
+
+// Joins r to the socket's reader, registering one in the kernel if there
+// is none (or the last one reached EOF).
+int Core::read_join(Rec& r) {
+  struct stat st;
+  if (fstat(r.fd, &st) < 0) return -EBADF;
+  for (auto& [gid, g] : groups_) {
+    if (g->dead || g->eof || g->fd != r.fd || g->dev != st.st_dev || g->ino != st.st_ino) continue;
+    g->recs.push_back(&r);
+    r.grp = g.get();
+    r.kid = g->kid;
+    return 0;
+  }
+  if (int e = ensure_arena(); e < 0) return e;
+  auto g = std::make_unique<ReadGroup>();
+  g->gid = next_gid_++;
+  g->fd = r.fd;
+  g->dev = st.st_dev;
+  g->ino = st.st_ino;
+  // Priority, disabling and one-shot are per reader, in the library; the
+  // kernel checks the executor against its policy.
+  const uint32_t kf = (r.flags & AEM_EXEC_MASK) | AEM_PRIO_GIVEN |
+                      (static_cast<uint32_t>(AEM_PRIO_MAX) << AEM_PRIO_SHIFT);
+  if (int e = kreg(r, kf, 0, kGroupTag | static_cast<uint64_t>(g->gid)); e < 0) return e;
+  g->kid = r.kid;
+  g->recs.push_back(&r);
+  r.grp = g.get();
+  groups_.emplace(g->gid, std::move(g));
+  return 0;
+}
+
+// r leaves its reader; the last one cleans the kernel registration. No
+// allocation (the group is erased by reap()).
+void Core::read_leave(Rec& r) {
+  ReadGroup* g = r.grp;
+  if (!g) return;
+  r.grp = nullptr;
+  auto it = std::find(g->recs.begin(), g->recs.end(), &r);
+  if (it != g->recs.end()) g->recs.erase(it);
+  if (g->recs.empty() && !g->dead) {
+    g->dead = true;
+    aem_ctl c{};
+    c.size = sizeof c;
+    c.id = g->kid;
+    c.op = AEM_CTL_CLEAN;
+    xioctl(fd_, AEM_IOC_CTL, &c);
+  }
+}
+
+// Gives back what r holds and was not delivered: accepted connections
+// are closed, read chunks released.
+void Core::drop_items(Rec& r) {
+  while (r.items.size()) {
+    Item it = r.items.pop_front();
+    if (r.type == AEM_EV_ACCEPT) close(static_cast<int>(it.a));
+    if (r.type == AEM_EV_READ && it.b) arena_release(it.a);
+  }
+}
+
+// In the doorbell handler nothing may allocate: pull only while every
+// record that holds items has room for a full pull.
+bool Core::items_room() const {
+  for (const Rec* r : sock_recs_)
+    if (!r->retired && r->items.room() < kPullMax) return false;
+  return true;
+}
+
+bool Core::route_read(const aem_delivery& d, Queue& self) {
+  const int gid = static_cast<int>(d.user_data & (kGroupTag - 1));
+  auto it = groups_.find(gid);
+  const auto status = static_cast<int64_t>(d.data[1]);
+  const bool chunk = !d.error && !status && d.value;
+  if (it == groups_.end() || it->second->kid != d.id || it->second->recs.empty()) {
+    if (chunk) arena_ref(d.data[0], 0);  // nobody reads it any more
+    return false;
+  }
+  ReadGroup& g = *it->second;
+  bool mine = false;
+  if (d.error) {  // the kernel's final delivery (-ETIMEDOUT): every reader is gone
+    g.dead = true;
+    for (Rec* r : g.recs) {
+      mark_gone(*r);
+      r->err_final = true;
+      dequeue(*r);
+      notice(*r, d.error);
+      mine |= r->q == &self;
+    }
+    return mine;
+  }
+  if (status) {  // not final: -ECONNRESET, -ENOMEM (the arena is full)
+    for (Rec* r : g.recs) {
+      ++r->lib_errors;
+      notice(*r, static_cast<int>(status));
+      mine |= r->q == &self;
+    }
+    return mine;
+  }
+  if (chunk) arena_ref(d.data[0], static_cast<int>(g.recs.size()));
+  if (!d.value) g.eof = true;
+  for (Rec* r : g.recs) {
+    r->items.push_back({d.value ? d.data[0] : 0, d.value});
+    ++r->pending;
+    if (r->enabled && !r->queued && !r->stalled) enqueue(*r);
+    mine |= r->q == &self;
+  }
+  return mine;
 }
 
 int Core::add(Spec&& spec) {
@@ -976,14 +1334,28 @@ int Core::add(Spec&& spec) {
 
   int64_t value_ns = 0;
   switch (spec.type) {
-    case AEM_EV_ACCEPT:
+    case AEM_EV_ACCEPT: {
+      // The kernel checks too; these give the C API's errno exactly.
+      if (int e = check_socket(spec.fd); e < 0) return e;
+      int on = 0;
+      socklen_t len = sizeof on;
+      if (getsockopt(spec.fd, SOL_SOCKET, SO_ACCEPTCONN, &on, &len) < 0 || !on) return -EINVAL;
+      if (spec.addr && !spec.addrlen) return -EINVAL;
+      break;
+    }
     case AEM_EV_READ:
     case AEM_EV_CLOSE:
-    case AEM_EV_SK:
     case AEM_EV_SOCK:
-      // The kernel has no socket families yet (reference/kmod/README.md,
-      // "Not done yet"); use AEM_BACKEND=user for them.
-      return -EOPNOTSUPP;
+      if (int e = check_socket(spec.fd); e < 0) return e;
+      break;
+    case AEM_EV_SK: {
+      if (int e = check_socket(spec.fd); e < 0) return e;
+      int proto = 0;
+      socklen_t len = sizeof proto;
+      if (getsockopt(spec.fd, SOL_SOCKET, SO_PROTOCOL, &proto, &len) < 0 || proto != IPPROTO_TCP)
+        return -EOPNOTSUPP;
+      break;
+    }
     case AEM_EV_FD:
       if (spec.fd < 0 || fcntl(spec.fd, F_GETFD) < 0) return -EBADF;
       if (!spec.events || (spec.events & ~kPollBits)) return -EINVAL;
@@ -1011,11 +1383,18 @@ int Core::add(Spec&& spec) {
   r->type = spec.type;
   r->flags = static_cast<uint32_t>(f);
   // The effective trigger is visible in AEM_CTL_LOOKUP: level by default.
-  if (spec.type == AEM_EV_FD && !(f & (AEM_EDGE | AEM_LEVEL))) r->flags |= AEM_LEVEL;
+  if ((spec.type == AEM_EV_FD || spec.type == AEM_EV_SOCK) && !(f & (AEM_EDGE | AEM_LEVEL)))
+    r->flags |= AEM_LEVEL;
   r->prio = prio;
   r->exec = exec;
-  r->fd = spec.type == AEM_EV_FD ? spec.fd : -1;
-  r->events = spec.type == AEM_EV_FD ? spec.events : 0;
+  const bool has_fd = spec.type != AEM_EV_TIMER && spec.type != AEM_EV_SOFT;
+  r->fd = has_fd ? spec.fd : -1;
+  r->events = spec.type == AEM_EV_FD     ? spec.events
+              : spec.type == AEM_EV_SOCK ? AEM_SOCK_DEFAULT
+              : spec.type == AEM_EV_SK   ? AEM_SK_STATES
+                                         : 0;
+  r->uaddr = spec.addr;
+  r->uaddrlen = spec.addrlen;
   r->enabled = !(f & AEM_DISABLED);
   r->invoke = std::move(spec.invoke);
   if (spec.type == AEM_EV_TIMER) {
@@ -1027,8 +1406,16 @@ int Core::add(Spec&& spec) {
                                                : now + value_ns;
   }
   r->id = new_id();
-  if (int e = kreg(*r, static_cast<uint32_t>(f), value_ns); e < 0) return e;
+  if (spec.type == AEM_EV_READ) {
+    if (int e = read_join(*r); e < 0) return e;
+  } else if (int e = kreg(*r, static_cast<uint32_t>(f), value_ns); e < 0) {
+    return e;
+  }
   r->q = exec == AEM_EXEC_SAME ? &own_queue() : &worker_queue();
+  if (spec.type == AEM_EV_ACCEPT || spec.type == AEM_EV_READ || spec.type == AEM_EV_SK) {
+    r->items.reserve(kItemRoom);
+    sock_recs_.push_back(r.get());
+  }
   regs_.emplace(r->id, r);
   ++nlive_;
   return r->id;
@@ -1090,21 +1477,27 @@ int Core::ctl(int jid, unsigned int op, unsigned long arg) {
   Rec* rp = find(jid);
   if (!rp) return -ENOENT;
   Rec& r = *rp;
+  // A reader shares its kernel registration with the socket's other
+  // readers: enabling, priority and cleaning are its own, in the library.
+  const bool shared = r.type == AEM_EV_READ;
   switch (op) {
     case AEM_CTL_ENABLE:
     case AEM_CTL_DISABLE: {
       if (arg) return -EINVAL;
-      if (int e = kctl(r, op, 0); e < 0) return e;
+      if (int e = shared ? 0 : kctl(r, op, 0); e < 0) return e;
       r.enabled = op == AEM_CTL_ENABLE;
       if (!r.enabled)
         dequeue(r);  // pulled occurrences are held too
-      else if (r.pending && !r.queued)
+      else if (r.pending && !r.queued && !r.stalled)
         enqueue(r);
       return 0;
     }
     case AEM_CTL_FILTER: {
-      if (r.type != AEM_EV_FD) return -EINVAL;
-      if (!arg || (arg & ~static_cast<unsigned long>(kPollBits))) return -EINVAL;
+      // fd, sock: poll bits; sk: TCP states (the kernel checks them).
+      if (r.type != AEM_EV_FD && r.type != AEM_EV_SOCK && r.type != AEM_EV_SK) return -EINVAL;
+      if (!arg) return -EINVAL;
+      if (r.type != AEM_EV_SK && (arg & ~static_cast<unsigned long>(kPollBits))) return -EINVAL;
+      if (r.type == AEM_EV_SK && (arg & ~static_cast<unsigned long>(AEM_SK_STATES))) return -EINVAL;
       int e = kctl(r, op, arg);
       if (e == -EOPNOTSUPP) e = -EINVAL;
       if (e < 0) return e;
@@ -1115,7 +1508,12 @@ int Core::ctl(int jid, unsigned int op, unsigned long arg) {
       if (!arg) return -EINVAL;
       aem_reg_info ki{};
       ki.size = sizeof ki;
-      if (int e = kctl(r, op, reinterpret_cast<uintptr_t>(&ki)); e < 0) return e;
+      if (shared) {
+        ki.prio = static_cast<uint32_t>(r.prio);
+        ki.enabled = r.enabled;
+      } else if (int e = kctl(r, op, reinterpret_cast<uintptr_t>(&ki)); e < 0) {
+        return e;
+      }
       auto* info = reinterpret_cast<aem_event_info*>(arg);
       *info = aem_event_info{};
       info->jid = r.id;
@@ -1137,7 +1535,7 @@ int Core::ctl(int jid, unsigned int op, unsigned long arg) {
     }
     case AEM_CTL_SET_PRIO: {
       if (arg > static_cast<unsigned long>(AEM_PRIO_MAX)) return -EINVAL;
-      if (int e = kctl(r, op, arg); e < 0) return e;
+      if (int e = shared ? 0 : kctl(r, op, arg); e < 0) return e;
       const bool was = r.queued;
       dequeue(r);
       r.prio = static_cast<int>(arg);
@@ -1146,7 +1544,7 @@ int Core::ctl(int jid, unsigned int op, unsigned long arg) {
     }
     case AEM_CTL_CLEAN: {
       if (arg) return -EINVAL;
-      int e = kctl(r, op, 0);
+      int e = shared ? 0 : kctl(r, op, 0);  // a reader: retire() leaves its group
       auto hold = r.shared_from_this();
       retire(r);
       // When it returns, the handler is not running elsewhere (a handler
@@ -1160,7 +1558,8 @@ int Core::ctl(int jid, unsigned int op, unsigned long arg) {
       if (!arg) return -EINVAL;
       aem_reg_stats ks{};
       ks.size = sizeof ks;
-      if (int e = kctl(r, op, reinterpret_cast<uintptr_t>(&ks)); e < 0) return e;
+      // A reader: the kernel counts the socket's chunks, for all its readers.
+      if (int e = kctl(r, op, reinterpret_cast<uintptr_t>(&ks)); e < 0 && !shared) return e;
       auto* st = reinterpret_cast<aem_event_stats*>(arg);
       *st = aem_event_stats{};
       // The kernel counts a delivery when it is pulled; the application
@@ -1184,9 +1583,19 @@ void Core::on_error(ErrorHandler handler) {
   lk.unlock();  // the old one is destroyed here, outside mu_
 }
 
-// Event data comes only with the socket families, which the kernel does
-// not have yet: nothing to allocate.
-void Core::set_allocator(const Allocator&) {}
+// Read data is in the kernel's arena; with an application allocator each
+// chunk is copied into the application's memory before its handler runs.
+// Readers stalled by a failed allocation try again now.
+void Core::set_allocator(const Allocator& a) {
+  Entry entry;
+  std::lock_guard lk(mu_);
+  user_alloc_ = a;
+  for (Rec* r : sock_recs_) {
+    if (!r->stalled) continue;
+    r->stalled = false;
+    if (r->pending && r->enabled && !r->queued && !r->retired) enqueue(*r);
+  }
+}
 
 // ---------------------------------------------------------------------------
 // Asynchronous delivery: the kernel's doorbell (AEM_IOC_SET_SIGNAL).
@@ -1231,7 +1640,13 @@ void Core::run_async_here() {
     // The kernel's protocol: drain until AEM_IOC_WAIT comes back short,
     // which re-arms the doorbell.
     if (pull(q, false) < 0) break;
-    if (!q.async || run_one(q, lk) < 0) return;
+    if (!q.async || run_one(q, lk) < 0) {
+      // Socket items left in the kernel for want of room: try again once
+      // handlers made some.
+      if (items_full_ && q.async && !q.bell.exchange(true)) tgkill(getpid(), q.tid, doorbell_signal());
+      items_full_ = false;
+      return;
+    }
   }
   if (!q.bell.exchange(true)) tgkill(getpid(), q.tid, doorbell_signal());  // more: later
 }
@@ -1320,6 +1735,22 @@ void Core::forget_parent() {
   sig_tid_ = 0;
   stop_requested_ = false;
   keepalive_count_ = 0;
+  // The parent's arena is the parent's: never freed from here. Its mapping
+  // holds the parent's context file, so a child unmaps it, except a
+  // PROCESS executor child, whose handler's data is in it.
+  for (auto& [id, r] : regs_) {
+    if (r->type == AEM_EV_ACCEPT)  // the parent's connections: its copies stay
+      while (r->items.size()) close(static_cast<int>(r->items.pop_front().a));
+    r->items.clear();
+    r->grp = nullptr;
+    r->stalled = false;
+  }
+  groups_.clear();
+  if (arena_ && k_running == 0) munmap(const_cast<uint8_t*>(arena_), arena_size_);
+  arena_ = nullptr;
+  arena_size_ = 0;
+  arena_refs_.clear();
+  items_full_ = false;
 }
 
 void Core::rebuild_child() {
@@ -1358,7 +1789,8 @@ void Core::rebuild_child() {
       else
         value = INT64_MAX;  // a one-shot that expired in the parent
     }
-    if (kreg(r, kf, value) < 0 || (r.timeout_ms && kctl(r, AEM_CTL_SET_TIMEOUT, r.timeout_ms) < 0)) {
+    const int e = r.type == AEM_EV_READ ? read_join(r) : kreg(r, kf, value);
+    if (e < 0 || (r.timeout_ms && kctl(r, AEM_CTL_SET_TIMEOUT, r.timeout_ms) < 0)) {
       r.q = nullptr;
       retire(r);
     }
