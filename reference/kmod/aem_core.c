@@ -192,9 +192,9 @@ struct aem_pnode {
  * @user_data:  returned in every delivery
  * @node:       the embedded pending node (ctx->lock)
  * @state:      AEM_RS_* (ctx->lock)
+ * @error:      error to deliver, 0: none (ctx->lock)
  * @count:      occurrences not yet delivered (ctx->lock)
  * @value:      merged family value not yet delivered (ctx->lock)
- * @error:      error to deliver, 0: none (ctx->lock)
  * @data:       family data of the pending delivery (ctx->lock)
  * @arena_link: on the arena's waiters while a family waits for room
  *              (arena->lock)
@@ -202,13 +202,14 @@ struct aem_pnode {
  * @recheck_link: on ctx->recheck while the family must re-check the source
  *              in the owner's context (level trigger, key-less wakeups)
  *              (ctx->lock)
- * @timeout:    AEM_CTL_SET_TIMEOUT, 0: none (ctx->mutex to set)
- * @last_act:   time of the last activation, for the timeout (ctx->lock)
- * @tmo:        the timeout timer, allocated by the first
- *              AEM_CTL_SET_TIMEOUT (ctx->mutex): most registrations never
- *              have one, and an embedded hrtimer would push every
- *              registration from kmalloc-192 into kmalloc-256
- * @stats:      AEM_CTL_STATS counters (ctx->lock)
+ * @tmo:        the timeout state, allocated by the first
+ *              AEM_CTL_SET_TIMEOUT (ctx->mutex) and published under
+ *              ctx->lock: most registrations never have one, and an
+ *              embedded hrtimer would push every registration from
+ *              kmalloc-192 into kmalloc-256 (AEM-3.3.1: at most 256 bytes of
+ *              kernel memory per registration, the id index included)
+ * @stats:      AEM_CTL_STATS counters (ctx->lock); errors and overflows are
+ *              32-bit to keep the registration in 192 bytes
  * @priv:       family state, @fam->priv_size bytes
  */
 struct aem_event {
@@ -221,34 +222,36 @@ struct aem_event {
 	u64 user_data;
 	struct aem_pnode node;
 	u32 state;
+	int error;
 	u64 count;
 	u64 value;
-	int error;
 	u64 data[2];
 	struct list_head arena_link;
 	struct list_head reap_link;
 	struct list_head recheck_link;
-	ktime_t timeout;
-	ktime_t last_act;
 	struct aem_tmo *tmo;
 	struct {
 		u64 activations;
 		u64 deliveries;
 		u64 merged;
-		u64 errors;
-		u64 overflows;
+		u32 errors;
+		u32 overflows;
 	} stats;
 	unsigned long priv[];
 };
 
 /**
- * struct aem_tmo - the timeout timer of a registration
- * @timer: expires when the registration was not activated for its timeout
- * @reg:   the registration
+ * struct aem_tmo - the timeout of a registration (AEM_CTL_SET_TIMEOUT)
+ * @timer:    expires when the registration was not activated for @timeout
+ * @reg:      the registration
+ * @timeout:  the window, 0: none (set under ctx->mutex and ctx->lock)
+ * @last_act: time of the last activation (ctx->lock)
  */
 struct aem_tmo {
 	struct hrtimer timer;
 	struct aem_event *reg;
+	ktime_t timeout;
+	ktime_t last_act;
 };
 
 /**
@@ -942,8 +945,8 @@ static void __aem_activate(struct aem_event *reg, u64 count, u64 value,
 		reg->value += value;
 		break;
 	}
-	if (reg->timeout)
-		reg->last_act = ktime_get();
+	if (reg->tmo && reg->tmo->timeout)
+		reg->tmo->last_act = ktime_get();
 	if (!(reg->state & AEM_RS_DISABLED) && reg->node.q == AEM_Q_IDLE) {
 		aem_enqueue(ctx, reg);
 		aem_pending_changed(ctx);
@@ -1414,7 +1417,7 @@ static enum hrtimer_restart aem_tmo_fn(struct hrtimer *t)
 	spin_lock_irqsave(&ctx->lock, flags);
 	if (reg->state & AEM_RS_DOOMED)
 		goto out;
-	deadline = ktime_add(reg->last_act, reg->timeout);
+	deadline = ktime_add(reg->tmo->last_act, reg->tmo->timeout);
 	if (ktime_after(deadline, ktime_get())) {
 		/* Activated since: wait for the rest of the window. */
 		hrtimer_set_expires(t, deadline);
@@ -1641,7 +1644,7 @@ static int aem_ctl_lookup(struct aem_ctx *ctx, struct aem_event *reg,
 	info.fd = reg->fd;
 	info.family_version = reg->fam->version;
 	info.user_data = reg->user_data;
-	info.timeout_ms = ktime_to_ms(reg->timeout);
+	info.timeout_ms = reg->tmo ? ktime_to_ms(reg->tmo->timeout) : 0;
 	spin_lock_irqsave(&ctx->lock, flags);
 	info.prio = reg->node.prio;
 	info.flags = (reg->flags & ~AEM_PRIO_FIELD) | AEM_PRIO_GIVEN |
@@ -1718,28 +1721,30 @@ static int aem_ctl_enable(struct aem_ctx *ctx, struct aem_event *reg, bool on)
 static int aem_ctl_set_timeout(struct aem_ctx *ctx, struct aem_event *reg,
 			       u64 ms)
 {
+	struct aem_tmo *tmo = reg->tmo;
 	unsigned long flags;
 
 	if (ms > (u64)INT_MAX * MSEC_PER_SEC)
 		return -EINVAL;
-	if (!reg->tmo) {
+	if (!tmo) {
 		if (!ms)
 			return 0;
-		reg->tmo = kzalloc(sizeof(*reg->tmo), GFP_KERNEL_ACCOUNT);
-		if (!reg->tmo)
+		tmo = kzalloc(sizeof(*tmo), GFP_KERNEL_ACCOUNT);
+		if (!tmo)
 			return -ENOMEM;
-		hrtimer_init(&reg->tmo->timer, CLOCK_MONOTONIC,
-			     HRTIMER_MODE_REL);
-		reg->tmo->timer.function = aem_tmo_fn;
-		reg->tmo->reg = reg;
+		hrtimer_init(&tmo->timer, CLOCK_MONOTONIC, HRTIMER_MODE_REL);
+		tmo->timer.function = aem_tmo_fn;
+		tmo->reg = reg;
 	}
-	hrtimer_cancel(&reg->tmo->timer);
+	hrtimer_cancel(&tmo->timer);
+	/* Published with its window under ctx->lock: activation reads both. */
 	spin_lock_irqsave(&ctx->lock, flags);
-	reg->timeout = ms_to_ktime(ms);
-	reg->last_act = ktime_get();
+	reg->tmo = tmo;
+	tmo->timeout = ms_to_ktime(ms);
+	tmo->last_act = ktime_get();
 	spin_unlock_irqrestore(&ctx->lock, flags);
 	if (ms)
-		hrtimer_start(&reg->tmo->timer, reg->timeout, HRTIMER_MODE_REL);
+		hrtimer_start(&tmo->timer, tmo->timeout, HRTIMER_MODE_REL);
 	return 0;
 }
 
@@ -2465,6 +2470,8 @@ static int __init aem_init(void)
 {
 	int ret;
 
+	/* kmalloc-192 without family state: AEM-3.3.1's 256 bytes a registration */
+	BUILD_BUG_ON(sizeof(struct aem_event) > 192);
 	ret = misc_register(&aem_misc);
 	if (ret)
 		return ret;
