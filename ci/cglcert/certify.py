@@ -291,7 +291,7 @@ def collect_stress(plan: Plan, requirements: Sequence[Requirement],
     elapsed = 0.0
     for i, (prog, argv, _budget, needs_sng) in enumerate(stress_programs(plan.profile)):
         base = sdir / f"{i:02d}-{prog}"
-        rc = _read_rc(base.with_suffix(".rc"))
+        rc = read_int(base.with_suffix(".rc"))
         if not base.with_suffix(".start").exists():
             why = ("stress-ng is not installed on the target" if needs_sng else
                    "not built (needs libbenchmark-dev)" if prog == st.MICRO else "not built")
@@ -397,7 +397,8 @@ def target_script(plan: Plan, art: Artifacts) -> str:
 # --------------------------------------------------------------------------- judgement
 
 
-def _read_rc(path: Path) -> int | None:
+def read_int(path: Path) -> int | None:
+    """The integer a target wrote into *path* (an exit status, a taint), or None."""
     try:
         return int(path.read_text().strip())
     except (OSError, ValueError):
@@ -517,7 +518,7 @@ def judge(requirements: Sequence[Requirement], expected: Mapping[str, Sequence[s
     tests: list[res.TestResult] | None = None
     env = dict(environment)
     blockers: list[str] = []
-    suite_rc = _read_rc(run_dir / "suite.rc")
+    suite_rc = read_int(run_dir / "suite.rc")
     harness: dict[str, Any] = {"gtest_xml": "gtest.xml", "log": "suite.log",
                                "exit_code": suite_rc, "target_error": execution.error,
                                "target_detail": execution.detail or None}
@@ -560,7 +561,7 @@ def judge(requirements: Sequence[Requirement], expected: Mapping[str, Sequence[s
     if execution.taint is not None and not execution.taint.ok:
         blockers.append(f"kernel tainted {execution.taint.letters} during the run: "
                         + "; ".join(execution.taint.reasons))
-    unload_rc = _read_rc(run_dir / "unload.rc")
+    unload_rc = read_int(run_dir / "unload.rc")
     if backend == "kmod" and execution.error is None and unload_rc not in (0, None):
         log = (run_dir / "unload.log").read_text(errors="replace") \
             if (run_dir / "unload.log").exists() else ""

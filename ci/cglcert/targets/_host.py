@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cglcert import kmsg
-from cglcert.certify import Artifacts, Execution, Plan
+from cglcert.certify import Artifacts, Execution, Plan, read_int
 
 WRAPPER = "certify-wrapper.sh"
 
@@ -81,13 +81,6 @@ def run_bounded(argv: Sequence[str], timeout: float, cwd: Path | None = None) ->
         return False
 
 
-def _int(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
 def collect(run_dir: Path, marker: str, *, error: str | None = None,
             detail: str = "") -> Execution:
     """What the wrapper left in *run_dir*, as an Execution."""
@@ -100,13 +93,13 @@ def collect(run_dir: Path, marker: str, *, error: str | None = None,
         text = dm.read_text(errors="replace")
         at = text.rfind(marker)
         log = text[text.find("\n", at) + 1:] if at >= 0 else text
-    before, after = _int(run_dir / "tainted_before"), _int(run_dir / "tainted")
+    before, after = read_int(run_dir / "tainted_before"), read_int(run_dir / "tainted")
     taint = None
     if before is not None and after is not None:
         taint = kmsg.decode_taint(after & ~before)
     findings = tuple(kmsg.scan(log)) if log is not None else ()
     env = {"kernel_log": "dmesg" if log is not None else "none", "tainted": after,
-           "cpus": _int(run_dir / "cpus")}
+           "cpus": read_int(run_dir / "cpus")}
     return Execution(error=error, detail=detail, kernel_log=log or "",
                      log_source="dmesg" if log is not None else "none", findings=findings,
                      taint=taint, environment=env)
