@@ -2441,6 +2441,7 @@ static void aem_show_fdinfo(struct seq_file *m, struct file *file)
 	spin_unlock_irqrestore(&ctx->lock, flags);
 	seq_printf(m, "aem-tgid:\t%d\n", pid_nr(ctx->tgid));
 	seq_printf(m, "aem-regs:\t%u\n", READ_ONCE(ctx->nregs));
+	seq_printf(m, "aem-user-regs:\t%d\n", atomic_read(&ctx->user->nregs));
 	seq_printf(m, "aem-pending:\t%u\n", npending);
 	seq_printf(m, "aem-levels:\t%016llx\n", bitmap);
 	seq_printf(m, "aem-signal:\t%d\n", signo);

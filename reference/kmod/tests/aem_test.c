@@ -1430,7 +1430,7 @@ static void t_chaos(void)
 	CHECK(!chaos_bad, "%d unexpected errors", chaos_bad);
 }
 
-static int fdinfo_regs(int fd)
+static int fdinfo_field(int fd, const char *field)
 {
 	char path[64], buf[1024], *p;
 	ssize_t n;
@@ -1445,8 +1445,19 @@ static int fdinfo_regs(int fd)
 	if (n <= 0)
 		return -1;
 	buf[n] = 0;
-	p = strstr(buf, "aem-regs:\t");
-	return p ? atoi(p + 10) : -1;
+	p = strstr(buf, field);
+	return p ? atoi(p + strlen(field)) : -1;
+}
+
+static int fdinfo_regs(int fd)
+{
+	return fdinfo_field(fd, "aem-regs:\t");
+}
+
+/* Live registrations of this uid over all its contexts (fdinfo). */
+static int user_regs(void)
+{
+	return fdinfo_field(dev_fd, "aem-user-regs:\t");
 }
 
 /* Per-user limit over contexts, and the fdinfo summary. */
@@ -1523,18 +1534,26 @@ static void t_close_many(void)
 	}
 }
 
+/*
+ * SIGKILL of a process with thousands of live registrations (timers
+ * firing, soft events pending): every registration is released, counted
+ * back to the baseline of this uid (bounded wait: the last fput runs in
+ * the dying task, the reaping in a work item).
+ */
 static void t_exit_with_live(void)
 {
-	pid_t pid = fork();
-	int st;
+	int before = user_regs(), after = -1, i, st;
+	pid_t pid;
 
+	CHECK(before >= 0, "fdinfo aem-user-regs");
+	pid = fork();
 	if (pid == 0) {
-		int fd = open("/dev/aem", O_RDWR | O_CLOEXEC), i;
+		int fd = open("/dev/aem", O_RDWR | O_CLOEXEC);
 
 		setpgid(0, 0);
 		for (i = 0; i < 500; i++)
 			reg_raw(fd, AEM_EV_TIMER, 0, 1000000, 1000000);
-		for (i = 0; i < 500; i++)
+		for (i = 0; i < 3000; i++)
 			raise_ev(fd, reg_soft(fd, 0), 1, 0);
 		if (fork() == 0)
 			for (;;)
@@ -1546,6 +1565,14 @@ static void t_exit_with_live(void)
 	CHECK(pid > 0, "fork");
 	waitpid(pid, &st, 0);
 	CHECK(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "status %x", st);
+	for (i = 0; i < 500; i++) {	/* up to 5 s */
+		after = user_regs();
+		if (after == before)
+			break;
+		sleep_ms(10);
+	}
+	CHECK(after == before, "%d registrations of this uid before, %d after the kill",
+	      before, after);
 }
 
 static void t_fd_level(void)
