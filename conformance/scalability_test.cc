@@ -2,6 +2,7 @@
 // event must not grow with the number of registered events; registration
 // and dispatch never sleep; the activation path allocates nothing.
 #include <algorithm>
+#include <chrono>
 #include <map>
 #include <string>
 #include <thread>
@@ -137,6 +138,17 @@ TEST_F(AEM_3_3_1, c2_AMillionRegistrationsSucceedAndClean) {
     measure("kernel_bytes_per_registration", per);
     EXPECT_LE(per, static_cast<double>(kMaxKernelBytesPerRegistration))
         << "kernel memory per registration";
+    // Cleaned, the memory goes back: slab within 1% of what the million took
+    // above the baseline (a bounded poll: the kernel frees in a work item).
+    const long grown = slab1 - slab0, allowed = grown / 100;
+    long slab2 = slab_bytes();
+    for (int i = 0; i < 1000 && slab2 - slab0 > allowed; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      slab2 = slab_bytes();
+    }
+    measure("kernel_slab_bytes_after_clean", static_cast<int64_t>(slab2));
+    EXPECT_LE(slab2 - slab0, allowed) << "slab memory not given back after cleaning: "
+                                      << slab2 - slab0 << " of " << grown << " bytes";
   }
 }
 
