@@ -8,7 +8,7 @@ unit-tested in ``ci/tests/test_certify.py``.
                 root, otherwise the exact ``apt-get`` line to run).
 2. **kernel**   the kernel to certify, fetched into the cache with its headers
                 (:mod:`cglcert.kernels`); the ``local`` target certifies the running one.
-3. **build**    the AEM modules for that kernel (``build/certify/kmod/<release>/``), the
+3. **build**    the AEM modules for that kernel (``build/certify/kmod/<release>-<hash>/``), the
                 conformance suite and the stress programs.
 4. **execute**  on the target (:mod:`cglcert.targets`): load the modules, run the suite with
                 a kernel-log marker around every test, the stress pass, unload the modules.
