@@ -15,14 +15,6 @@
 namespace {
 using namespace conf;
 
-void noop_soft(int, uint64_t, uint64_t) {}
-void noop_timer(int, uint64_t) {}
-void noop_fd(int, int, unsigned) {}
-void noop_accept(int, int, int nfd) { close(nfd); }
-void noop_read(int, int, const void*, size_t) {}
-void noop_close(int, int) {}
-void noop_sk(int, int, int, int) {}
-void noop_sock(int, int, unsigned) {}
 
 const int kClosedFd = 1 << 20;  // above RLIMIT_NOFILE: never an open fd
 

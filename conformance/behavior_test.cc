@@ -69,7 +69,6 @@ class BackendEnvironment : public ::testing::Environment {
 [[maybe_unused]] ::testing::Environment* const g_backend_env =
     ::testing::AddGlobalTestEnvironment(new BackendEnvironment);
 
-void noop_soft(int, uint64_t, uint64_t) {}
 
 // ===========================================================================
 // AEM-3.6.1 Queuing

@@ -16,10 +16,6 @@
 namespace {
 using namespace conf;
 
-void noop_soft(int, uint64_t, uint64_t) {}
-void noop_timer(int, uint64_t) {}
-void noop_fd(int, int, unsigned) {}
-void noop_read(int, int, const void*, size_t) {}
 
 std::mutex g_err_mu;
 std::vector<std::pair<int, int>> g_errs;

@@ -19,8 +19,6 @@ struct SoftCall {
 };
 std::vector<SoftCall> g_soft;
 void rec_soft(int jid, uint64_t v, uint64_t occ) { g_soft.push_back({jid, v, occ}); }
-void noop_timer(int, uint64_t) {}
-void noop_fd(int, int, unsigned) {}
 
 TEST_F(Evctl, ErrorsOfEveryOperation) {
   AEM_REQ("AEM-3.1.7", "AEM-3.1.4");

@@ -10,10 +10,6 @@ using namespace aemtest;
 
 class Policy : public AemTest {};
 
-void noop_soft(int, uint64_t, uint64_t) {}
-void noop_timer(int, uint64_t) {}
-void noop_fd(int, int, unsigned) {}
-void noop_read(int, int, const void*, size_t) {}
 
 TEST_F(Policy, AllowedTypes) {
   AEM_REQ("AEM-3.5.3");

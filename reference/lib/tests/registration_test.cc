@@ -15,14 +15,6 @@ std::vector<std::pair<int, uint64_t>> g_calls;  // (jid, occurrences)
 void record_soft(int jid, uint64_t, uint64_t occ) { g_calls.emplace_back(jid, occ); }
 int g_other;
 void other_soft(int, uint64_t, uint64_t occ) { g_other += static_cast<int>(occ); }
-void noop_soft(int, uint64_t, uint64_t) {}
-void noop_timer(int, uint64_t) {}
-void noop_fd(int, int, unsigned) {}
-void noop_accept(int, int, int nfd) { close(nfd); }
-void noop_read(int, int, const void*, size_t) {}
-void noop_close(int, int) {}
-void noop_sk(int, int, int, int) {}
-void noop_sock(int, int, unsigned) {}
 
 TEST_F(Registration, IdsArePositiveAndUnique) {
   AEM_REQ("AEM-3.1.4");

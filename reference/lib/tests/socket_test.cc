@@ -17,11 +17,6 @@ using namespace aemtest;
 
 class Sockets : public AemTest {};
 
-void noop_accept(int, int, int nfd) { close(nfd); }
-void noop_read(int, int, const void*, size_t) {}
-void noop_close(int, int) {}
-void noop_sk(int, int, int, int) {}
-void noop_sock(int, int, unsigned) {}
 
 TEST_F(Sockets, ErrorsOfEveryFamily) {
   AEM_REQ("AEM-3.1.3", "AEM-3.1.2");

@@ -20,7 +20,6 @@ struct Call {
 };
 std::vector<Call> g_calls;
 void rec(int jid, uint64_t v, uint64_t occ) { g_calls.push_back({jid, v, occ}); }
-void noop_timer(int, uint64_t) {}
 
 TEST_F(Soft, RaiseErrors) {
   AEM_REQ("AEM-3.1.4", "AEM-3.1.7");

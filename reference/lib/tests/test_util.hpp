@@ -40,6 +40,17 @@
 
 namespace aemtest {
 
+// Handlers that do nothing, one per family (the accept one closes the fd it
+// is given, so no descriptor leaks).
+inline void noop_soft(int, uint64_t, uint64_t) {}
+inline void noop_timer(int, uint64_t) {}
+inline void noop_fd(int, int, unsigned) {}
+inline void noop_accept(int, int, int nfd) { close(nfd); }
+inline void noop_read(int, int, const void*, size_t) {}
+inline void noop_close(int, int) {}
+inline void noop_sk(int, int, int, int) {}
+inline void noop_sock(int, int, unsigned) {}
+
 // Upper bound for any wait that should end quickly (sanitizers, loaded CI).
 constexpr int kWaitMs = 20000;
 
