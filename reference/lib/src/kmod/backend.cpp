@@ -108,6 +108,7 @@
 
 #include "backend.hpp"
 #include "kmod/kmod.hpp"
+#include "thread_start.hpp"
 
 namespace aem::detail {
 namespace {
@@ -557,7 +558,7 @@ Queue& Core::worker_queue() {
     wq_->worker = true;
     wq_->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   }
-  if (!worker_) worker_ = std::make_unique<std::thread>([this] { worker_loop(); });
+  if (!worker_) worker_ = start_running([this] { worker_loop(); });
   return *wq_;
 }
 

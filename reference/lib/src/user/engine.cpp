@@ -72,6 +72,7 @@
 #include "backend.hpp"
 #include "kmod/kmod.hpp"
 #include "mutant.hpp"
+#include "thread_start.hpp"
 #include "user/arena.hpp"
 
 namespace aem::detail {
@@ -428,7 +429,7 @@ int Engine::start_threads() {
   wake_token_ = add_source(std::move(w));
   if (int r = arm(*sources_[wake_token_]); r < 0) return r;
   try {
-    poller_ = std::make_unique<std::thread>([this] { poller_loop(); });
+    poller_ = start_running([this] { poller_loop(); });
   } catch (const std::system_error& e) {
     return -e.code().value();
   }
@@ -501,7 +502,7 @@ Queue& Engine::worker_queue() {
     wq_->worker = true;
     wq_->wakefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   }
-  if (!worker_) worker_ = std::make_unique<std::thread>([this] { worker_loop(); });
+  if (!worker_) worker_ = start_running([this] { worker_loop(); });
   return *wq_;
 }
 
