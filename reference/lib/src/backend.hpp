@@ -7,6 +7,7 @@
 // std::error_code. Methods are thread-safe.
 #pragma once
 
+#include <poll.h>
 #include <sys/socket.h>
 
 #include <cstddef>
@@ -79,6 +80,19 @@ struct Policy {
   // names the variable and what it accepts.
   static int from_env(Policy& out, std::string& why);
 };
+
+// The poll bits an fd registration may ask for.
+inline constexpr unsigned kPollBits = POLLIN | POLLPRI | POLLOUT | POLLRDNORM | POLLRDBAND |
+                                      POLLWRNORM | POLLWRBAND | POLLERR | POLLHUP | POLLRDHUP;
+
+// The registration contract (spec.cpp), checked by each backend before it
+// allocates: returns 0 with the priority and executor of spec.flags, or
+// -EINVAL (flags, arguments), -EPERM (policy, or a timer period below
+// min_period_ns), -EBADF, -ENOTSOCK or -EOPNOTSUPP (the fd).
+int check_spec(const Spec& spec, const Policy& policy, uint64_t min_period_ns, int& prio,
+               unsigned& exec);
+bool valid_ts(const timespec& t);
+int check_socket(int fd);  // 0, -EBADF or -ENOTSOCK
 
 class Backend {
  public:

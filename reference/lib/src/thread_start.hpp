@@ -26,11 +26,10 @@ std::unique_ptr<std::thread> start_running(F&& fn) {
   // inside set_value() when this function returns and the future is gone.
   std::promise<void> up;
   std::future<void> running = up.get_future();
-  auto t = std::make_unique<std::thread>(
-      [up = std::move(up), f = std::forward<F>(fn)]() mutable {
-        up.set_value();
-        f();
-      });
+  auto t = std::make_unique<std::thread>([up = std::move(up), f = std::forward<F>(fn)]() mutable {
+    up.set_value();
+    f();
+  });
   running.wait();
   return t;
 }

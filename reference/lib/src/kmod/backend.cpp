@@ -113,8 +113,6 @@
 namespace aem::detail {
 namespace {
 
-constexpr unsigned kPollBits = POLLIN | POLLPRI | POLLOUT | POLLRDNORM | POLLRDBAND | POLLWRNORM |
-                               POLLWRBAND | POLLERR | POLLHUP | POLLRDHUP;
 constexpr int kDispatchBatch = 4096;  // handlers per aem_dispatch() call
 constexpr unsigned kPullMax = 16;     // deliveries per AEM_IOC_WAIT
 constexpr size_t kMaxCores = 64;
@@ -150,17 +148,6 @@ int64_t ts_ns(const timespec& t) {
   constexpr int64_t kBillion = 1000000000;
   if (t.tv_sec > (INT64_MAX - t.tv_nsec) / kBillion) return INT64_MAX;
   return static_cast<int64_t>(t.tv_sec) * kBillion + t.tv_nsec;
-}
-
-bool valid_ts(const timespec& t) {
-  return t.tv_sec >= 0 && t.tv_nsec >= 0 && t.tv_nsec < 1000000000;
-}
-
-int check_socket(int fd) {
-  struct stat st;
-  if (fd < 0 || fstat(fd, &st) < 0) return -EBADF;
-  if (!S_ISSOCK(st.st_mode)) return -ENOTSOCK;
-  return 0;
 }
 
 bool has_items(int type) {
@@ -1315,65 +1302,12 @@ int Core::add(Spec&& spec) {
   Entry entry;
   check_fork();
   const uint64_t f = spec.flags;
-  if (f & ~uint64_t{AEM_FLAGS_VALID}) return -EINVAL;
-  const auto exec = static_cast<unsigned>(f & AEM_EXEC_MASK);
-  if (exec > AEM_EXEC_PROCESS) return -EINVAL;
-  if ((f & AEM_EDGE) && (f & AEM_LEVEL)) return -EINVAL;
-  if ((f & (AEM_EDGE | AEM_LEVEL)) && spec.type != AEM_EV_FD && spec.type != AEM_EV_SOCK)
-    return -EINVAL;
-  if ((f & (AEM_ABSTIME | AEM_REALTIME)) && spec.type != AEM_EV_TIMER) return -EINVAL;
-  if ((f & AEM_PRIO_FIELD) && !(f & AEM_PRIO_GIVEN)) return -EINVAL;
-  int prio = AEM_PRIO_DEFAULT;
-  if (f & AEM_PRIO_GIVEN) {
-    const auto p = static_cast<int>((f & AEM_PRIO_FIELD) >> AEM_PRIO_SHIFT);
-    if (p < AEM_PRIO_MIN || p > AEM_PRIO_MAX) return -EINVAL;
-    prio = p;
-  }
-  if (!spec.invoke || spec.type < 1 || spec.type > AEM_EV_MAX) return -EINVAL;
-  if (!(policy_.allowed_types & (1u << spec.type))) return -EPERM;
-  if (!(policy_.allowed_executors & (1u << exec))) return -EPERM;
-
-  int64_t value_ns = 0;
-  switch (spec.type) {
-    case AEM_EV_ACCEPT: {
-      // The kernel checks too; these give the C API's errno exactly.
-      if (int e = check_socket(spec.fd); e < 0) return e;
-      int on = 0;
-      socklen_t len = sizeof on;
-      if (getsockopt(spec.fd, SOL_SOCKET, SO_ACCEPTCONN, &on, &len) < 0 || !on) return -EINVAL;
-      if (spec.addr && !spec.addrlen) return -EINVAL;
-      break;
-    }
-    case AEM_EV_READ:
-    case AEM_EV_CLOSE:
-    case AEM_EV_SOCK:
-      if (int e = check_socket(spec.fd); e < 0) return e;
-      break;
-    case AEM_EV_SK: {
-      if (int e = check_socket(spec.fd); e < 0) return e;
-      int proto = 0;
-      socklen_t len = sizeof proto;
-      if (getsockopt(spec.fd, SOL_SOCKET, SO_PROTOCOL, &proto, &len) < 0 || proto != IPPROTO_TCP)
-        return -EOPNOTSUPP;
-      break;
-    }
-    case AEM_EV_FD:
-      if (spec.fd < 0 || fcntl(spec.fd, F_GETFD) < 0) return -EBADF;
-      if (!spec.events || (spec.events & ~kPollBits)) return -EINVAL;
-      break;
-    case AEM_EV_TIMER: {
-      if (!spec.value || !valid_ts(*spec.value)) return -EINVAL;
-      if (spec.period && !valid_ts(*spec.period)) return -EINVAL;
-      value_ns = ts_ns(*spec.value);
-      if (spec.period && (spec.period->tv_sec || spec.period->tv_nsec)) {
-        const auto ns = static_cast<uint64_t>(ts_ns(*spec.period));
-        if (ns < policy_.min_timer_period_ns || ns < info_.min_timer_period_ns) return -EPERM;
-      }
-      break;
-    }
-    default:
-      break;
-  }
+  int prio = 0;
+  unsigned exec = 0;
+  const uint64_t min_period =
+      std::max<uint64_t>(policy_.min_timer_period_ns, info_.min_timer_period_ns);
+  if (int e = check_spec(spec, policy_, min_period, prio, exec); e < 0) return e;
+  const int64_t value_ns = spec.type == AEM_EV_TIMER ? ts_ns(*spec.value) : 0;
 
   std::unique_lock lk(mu_);
   if (open_err_) return open_err_;

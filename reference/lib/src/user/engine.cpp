@@ -78,8 +78,6 @@
 namespace aem::detail {
 namespace {
 
-constexpr unsigned kPollBits = POLLIN | POLLPRI | POLLOUT | POLLRDNORM | POLLRDBAND | POLLWRNORM |
-                               POLLWRBAND | POLLERR | POLLHUP | POLLRDHUP;
 constexpr unsigned kSockDefault = POLLIN | POLLPRI | POLLOUT | POLLERR | POLLHUP | POLLRDHUP;
 constexpr unsigned kTcpStateMask = 0x1ffeu;  // 1u << TCP_ESTABLISHED .. TCP_CLOSING
 constexpr size_t kReadMax = 256 * 1024;      // one read chunk at most
@@ -357,7 +355,6 @@ class Engine final : public Backend {
   void expire_deadlines();
   int new_id();
   Reg* find(int jid);
-  int validate_flags(const Spec& spec, int& prio, unsigned& exec) const;
   int setup_source(Reg& r, const Spec& spec);
 
   Policy policy_;
@@ -731,39 +728,6 @@ void Engine::resume_readers() {
 // ---------------------------------------------------------------------------
 // Registration.
 
-int Engine::validate_flags(const Spec& spec, int& prio, unsigned& exec) const {
-  const uint64_t f = spec.flags;
-  if (f & ~uint64_t{AEM_FLAGS_VALID}) return -EINVAL;
-  exec = static_cast<unsigned>(f & AEM_EXEC_MASK);
-  if (exec > AEM_EXEC_PROCESS) return -EINVAL;
-  if ((f & AEM_EDGE) && (f & AEM_LEVEL)) return -EINVAL;
-  if ((f & (AEM_EDGE | AEM_LEVEL)) && spec.type != AEM_EV_FD && spec.type != AEM_EV_SOCK)
-    return -EINVAL;
-  if ((f & (AEM_ABSTIME | AEM_REALTIME)) && spec.type != AEM_EV_TIMER) return -EINVAL;
-  if ((f & AEM_PRIO_FIELD) && !(f & AEM_PRIO_GIVEN)) return -EINVAL;
-  prio = AEM_PRIO_DEFAULT;
-  if (f & AEM_PRIO_GIVEN) {
-    const auto p = static_cast<int>((f & AEM_PRIO_FIELD) >> AEM_PRIO_SHIFT);
-    if (p < AEM_PRIO_MIN || p > AEM_PRIO_MAX) return -EINVAL;
-    prio = p;
-  }
-  if (!spec.invoke) return -EINVAL;
-  if (!(policy_.allowed_types & (1u << spec.type))) return -EPERM;
-  if (!(policy_.allowed_executors & (1u << exec))) return -EPERM;
-  return 0;
-}
-
-int check_socket(int fd) {
-  struct stat st;
-  if (fd < 0 || fstat(fd, &st) < 0) return -EBADF;
-  if (!S_ISSOCK(st.st_mode)) return -ENOTSOCK;
-  return 0;
-}
-
-bool valid_ts(const timespec& t) {
-  return t.tv_sec >= 0 && t.tv_nsec >= 0 && t.tv_nsec < 1000000000;
-}
-
 int tcp_state_of(int fd) {
   tcp_info ti{};
   socklen_t len = sizeof ti;
@@ -891,49 +855,7 @@ int Engine::add(Spec&& spec) {
   check_fork();
   int prio = 0;
   unsigned exec = 0;
-  if (int e = validate_flags(spec, prio, exec); e < 0) return e;
-  // Family checks, before anything is allocated.
-  switch (spec.type) {
-    case AEM_EV_ACCEPT: {
-      if (int e = check_socket(spec.fd); e < 0) return e;
-      int on = 0;
-      socklen_t len = sizeof on;
-      if (getsockopt(spec.fd, SOL_SOCKET, SO_ACCEPTCONN, &on, &len) < 0 || !on) return -EINVAL;
-      if (spec.addr && !spec.addrlen) return -EINVAL;
-      break;
-    }
-    case AEM_EV_READ:
-    case AEM_EV_CLOSE:
-    case AEM_EV_SOCK:
-      if (int e = check_socket(spec.fd); e < 0) return e;
-      break;
-    case AEM_EV_SK: {
-      if (int e = check_socket(spec.fd); e < 0) return e;
-      int proto = 0;
-      socklen_t len = sizeof proto;
-      if (getsockopt(spec.fd, SOL_SOCKET, SO_PROTOCOL, &proto, &len) < 0 || proto != IPPROTO_TCP)
-        return -EOPNOTSUPP;
-      break;
-    }
-    case AEM_EV_FD:
-      if (spec.fd < 0 || fcntl(spec.fd, F_GETFD) < 0) return -EBADF;
-      if (!spec.events || (spec.events & ~kPollBits)) return -EINVAL;
-      break;
-    case AEM_EV_TIMER: {
-      if (!spec.value || !valid_ts(*spec.value)) return -EINVAL;
-      if (spec.period && !valid_ts(*spec.period)) return -EINVAL;
-      if (spec.period && (spec.period->tv_sec || spec.period->tv_nsec)) {
-        uint64_t ns = static_cast<uint64_t>(spec.period->tv_sec) * 1000000000ull +
-                      static_cast<uint64_t>(spec.period->tv_nsec);
-        if (ns < policy_.min_timer_period_ns) return -EPERM;
-      }
-      break;
-    }
-    case AEM_EV_SOFT:
-      break;
-    default:
-      return -EINVAL;
-  }
+  if (int e = check_spec(spec, policy_, policy_.min_timer_period_ns, prio, exec); e < 0) return e;
 
   std::unique_lock lk(mu_);
   if (stopping_) return -ESHUTDOWN;
