@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "aem/aem.hpp"
+#include "kmod_param.hpp"
 #include "test_util.hpp"
 
 namespace conf {
@@ -327,58 +328,18 @@ class ChildReport {
 // Kernel policy of the kmod backend. The administrator's policy and limits
 // are the module parameters of aem.ko (/sys/module/aem/parameters/<name>,
 // root-only); the user backend reads its policy from the environment
-// instead (set in a forked child). KmodParam sets one parameter for its
-// lifetime and restores the previous value on destruction, in the parent:
-// a child that crashes cannot leave the policy changed for later tests.
-
-inline std::string kmod_param_path(const std::string& name) {
-  return "/sys/module/aem/parameters/" + name;
-}
-
-// True when this process may set the kmod backend's policy (root in the
-// guest, the module loaded).
-inline bool kmod_policy_writable() {
-  return access(kmod_param_path("max_regs").c_str(), W_OK) == 0;
-}
-
-inline bool read_kmod_param(const std::string& name, std::string& out) {
-  std::ifstream f(kmod_param_path(name));
-  return static_cast<bool>(std::getline(f, out));
-}
-
-inline bool write_kmod_param(const std::string& name, const std::string& value) {
-  int fd = open(kmod_param_path(name).c_str(), O_WRONLY | O_CLOEXEC);
-  if (fd < 0) return false;
-  const bool ok = write(fd, value.data(), value.size()) == static_cast<ssize_t>(value.size());
-  close(fd);
-  return ok;
-}
-
-class KmodParam {
- public:
-  KmodParam(std::string name, const std::string& value) : name_(std::move(name)) {
-    if (!read_kmod_param(name_, saved_)) return;
-    ok_ = write_kmod_param(name_, value);
-    if (ok_) ::testing::Test::RecordProperty("policy." + name_, value);
-  }
-  ~KmodParam() {
-    if (ok_) write_kmod_param(name_, saved_);
-  }
-  KmodParam(const KmodParam&) = delete;
-  KmodParam& operator=(const KmodParam&) = delete;
-  bool ok() const { return ok_; }
-
- private:
-  std::string name_, saved_;
-  bool ok_ = false;
-};
+// instead (set in a forked child). KmodPolicy (kmod_param.hpp's KmodParam)
+// restores each value in the parent: a child that crashes cannot leave the
+// policy changed for later tests.
 
 // Several parameters, each restored when the policy goes out of scope.
 class KmodPolicy {
  public:
   bool set(const std::string& name, const std::string& value) {
     params_.push_back(std::make_unique<KmodParam>(name, value));
-    return params_.back()->ok();
+    if (!params_.back()->ok()) return false;
+    ::testing::Test::RecordProperty("policy." + name, value);
+    return true;
   }
   ~KmodPolicy() { reset(); }
   // Restores every parameter now, the last set first.

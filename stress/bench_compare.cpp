@@ -39,6 +39,7 @@
 #endif
 
 #include "common.hpp"
+#include "kmod_param.hpp"
 
 using namespace stress;
 
@@ -440,6 +441,9 @@ ScalePoint scale_one(const std::string& mech, uint64_t n, int batches, uint64_t 
       int id = evsoft(AEM_EXEC_SAME, [](int, uint64_t, uint64_t) {});
       if (id <= 0) {
         p.why = "evsoft #" + std::to_string(i) + ": " + strerror(-id);
+        std::string lim;
+        if (id == -EMFILE && aemtest::read_kmod_param("max_regs", lim))
+          p.why += " (aem.ko max_regs=" + lim + "; root raises it for the sweep)";
         cleanup();
         aem_shutdown();
         return p;
@@ -589,6 +593,18 @@ int main(int argc, char** argv) {
     fprintf(stderr, "aem_bench_compare: no AEM backend: %s\n", strerror(errno));
     return 3;
   }
+  // aem.ko's max_regs (65536 by default) is the administrator's limit per
+  // context. When this process may set it (root in the guest), the sweep
+  // raises it to what it needs for its run, and stress.json says so; the
+  // destructor puts the old value back.
+  std::unique_ptr<aemtest::KmodParam> max_regs;
+  std::string max_regs_now;
+  if (!no_scale && std::string_view(backend) == "kmod" &&
+      aemtest::read_kmod_param("max_regs", max_regs_now) &&
+      std::strtoull(max_regs_now.c_str(), nullptr, 10) < aem_max + kActive) {
+    max_regs = std::make_unique<aemtest::KmodParam>("max_regs", std::to_string(aem_max + kActive));
+    if (!max_regs->ok() || !aemtest::read_kmod_param("max_regs", max_regs_now)) max_regs.reset();
+  }
   const uint64_t t_start = now_ns();
   std::vector<Result> results;
   if (!no_mech) {
@@ -636,7 +652,15 @@ int main(int argc, char** argv) {
   Json j;
   j.begin_obj().kv("program", "aem_bench_compare").kv("backend", backend);
   j.key("config").begin_obj().kv("latency_samples", lat_n).kv("throughput_events", tp_n)
-      .kv("cpus", ncpus()).kv("full", full).end_obj();
+      .kv("cpus", ncpus()).kv("full", full);
+  if (!max_regs_now.empty()) {
+    // The kmod backend's limit during the sweep, and what it was before.
+    j.kv("kmod_max_regs", static_cast<uint64_t>(std::strtoull(max_regs_now.c_str(), nullptr, 10)));
+    if (max_regs)
+      j.kv("kmod_max_regs_raised_from",
+           static_cast<uint64_t>(std::strtoull(max_regs->saved().c_str(), nullptr, 10)));
+  }
+  j.end_obj();
   const Result* epoll = nullptr;
   for (auto& r : results)
     if (r.name == "epoll") epoll = &r;

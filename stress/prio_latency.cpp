@@ -3,7 +3,9 @@
 // and under load, with and without priority enforcement (AEM-3.2.1 c3,
 // AEM-3.2.2 c4). Everything in one run:
 //
-//   for enforcement in (on: the default AEM_BOOST_CEILING, off: 0):
+//   for enforcement in (on: the default AEM_BOOST_CEILING, off: 0; on the
+//                       kmod backend aem.ko's boost_prio/boost_ceiling,
+//                       set per phase when this process may, see KmodBoost):
 //     unloaded    no other activity
 //     hogs        one busy loop per CPU at the process's base priority
 //     hogs+flood  the same, plus a thread flooding low-priority events
@@ -24,9 +26,11 @@
 
 #include <array>
 #include <map>
+#include <memory>
 #include <thread>
 
 #include "common.hpp"
+#include "kmod_param.hpp"
 
 extern char** environ;
 using namespace stress;
@@ -44,7 +48,32 @@ struct PhaseData {
 PhaseData* g_pd = nullptr;
 uint64_t g_flood_handler_ns = 2000;
 std::atomic<uint64_t> g_flood_handled{0};
-std::string g_ceiling;  // AEM_BOOST_CEILING as given, empty: the default
+std::string g_ceiling;   // AEM_BOOST_CEILING as given, empty: the default
+bool g_kmod = false;     // the kmod backend: enforcement is aem.ko's policy
+bool g_kmod_set = true;  // every phase could set it (root in the guest)
+
+// On the kmod backend, priority enforcement is the administrator's: aem.ko's
+// boost_prio (a pending registration at or above it boosts) and
+// boost_ceiling (the boosted nice value). A phase with enforcement sets what
+// the user backend does by default (above the default priority, 10 nice
+// steps better than the process's); one without sets boost_prio 0. Both are
+// put back when the phase ends.
+struct KmodBoost {
+  std::unique_ptr<aemtest::KmodParam> prio, ceiling;
+  explicit KmodBoost(bool enforce) {
+    if (!g_kmod) return;
+    if (!aemtest::kmod_policy_writable()) {
+      g_kmod_set = false;
+      return;
+    }
+    prio = std::make_unique<aemtest::KmodParam>("boost_prio",
+                                                std::to_string(enforce ? AEM_PRIO_DEFAULT + 1 : 0));
+    if (enforce)
+      ceiling = std::make_unique<aemtest::KmodParam>(
+          "boost_ceiling", std::to_string(getpriority(PRIO_PROCESS, 0) - 10));
+    g_kmod_set = g_kmod_set && prio->ok() && (!ceiling || ceiling->ok());
+  }
+};
 
 void on_event(int jid, uint64_t value, uint64_t) {
   const uint64_t t = now_ns();
@@ -76,6 +105,7 @@ PhaseResult run_phase(const std::string& name, bool enforce, bool hogs, bool flo
     unsetenv("AEM_BOOST_CEILING");
   else
     setenv("AEM_BOOST_CEILING", "0", 1);
+  KmodBoost kmod_boost(enforce);
   PhaseData pd;
   g_pd = &pd;
   for (int p : kPrios) {
@@ -165,6 +195,7 @@ int main(int argc, char** argv) {
     return 3;
   }
   const std::string backend = aem_backend();
+  g_kmod = backend == "kmod";
   const char* ceiling_env = getenv("AEM_BOOST_CEILING");
   const std::string default_ceiling = ceiling_env ? ceiling_env : "default";
   if (ceiling_env) g_ceiling = ceiling_env;
@@ -195,7 +226,15 @@ int main(int argc, char** argv) {
   j.key("config").begin_obj().kv("samples_per_phase", n).kv("period_us", period_ns / 1000.0)
       .kv("flood_handler_us", g_flood_handler_ns / 1000.0).kv("cpus", ncpus())
       .kv("hogs", use_sng ? "stress-ng --cpu" : "busy threads, nice 0, one per CPU")
-      .kv("boost_ceiling_enforced", default_ceiling).end_obj();
+      .kv("boost_ceiling_enforced", default_ceiling);
+  if (g_kmod) {
+    // Whether the phases could set aem.ko's boost policy; if not, every
+    // phase ran under the administrator's, enforcement or not.
+    j.kv("kmod_enforcement_set", g_kmod_set)
+        .kv("kmod_boost_prio_enforced", AEM_PRIO_DEFAULT + 1)
+        .kv("kmod_boost_ceiling_enforced", "process nice - 10");
+  }
+  j.end_obj();
   j.key("phases").begin_arr();
   uint64_t missing = 0;
   for (auto& r : phases) {
