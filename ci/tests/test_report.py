@@ -25,7 +25,7 @@ import pytest
 import xmlschema
 from kcidb_io import schema as kcidb_schema
 
-from cglcert import default_repo_root
+from cglcert import default_repo_root, perf_targets
 from cglcert.report import kcidb, ktap, svg
 from cglcert.report.junit import SCHEMA_FILE
 from cglcert.report.model import load_report
@@ -96,7 +96,7 @@ def _dist(n: int, p50: int, p99: int, hist: list[list[int]]) -> dict[str, Any]:
 def synthetic_stress() -> dict[str, Any]:
     prio = {"0": _dist(100, 8935, 23529, [[4096, 2], [8192, 40], [16384, 58]]),
             "63": _dist(300, 7973, 27162, [[4096, 10], [8192, 200], [16384, 90]])}
-    return {
+    doc = {
         "environment": {"time": "2026-01-02T04:00:00+00:00", "kernel": "6.1.0-31-amd64",
                         "machine": "x86_64", "cpus": 2, "backend": "user"},
         "profile": "smoke", "elapsed_s": 7.6,
@@ -142,6 +142,8 @@ def synthetic_stress() -> dict[str, Any]:
         "summary": {"lost": 0, "duplicated": 0, "handler_overlaps": 0,
                     "failed_requirements": ["AEM-3.2.1"], "crashed_programs": []},
     }
+    doc["targets"] = perf_targets.evaluate(doc["runs"])  # as cglcert stress writes them
+    return doc
 
 
 def write_run(root: Path, name: str, results: dict[str, Any],
@@ -326,12 +328,16 @@ def test_every_format_from_a_synthetic_run(run_dir, tmp_path, run_cli):
     for number in ("27162", "3267", "1997412", "25140", "1773680"):  # straight from stress.json
         assert number in body
     assert "liburing missing" in body and "not measured" in body
+    # The project's targets beside the catalog's thresholds: 3267.36 / 2743.46 at 10^6.
+    assert "Performance targets" in body and "1.191" in body
+    assert "no throughput of AEM (evfd) in this run" in body  # not measured, and why
 
     md = (out / "report.md").read_text()
     assert "CGL 2.0: **NOT CONFORMANT**" in md
     for req in res["requirements"]:
         assert f"| `{req['id']}` |" in md
     assert "| unloaded | 63 | 300 | 7973 | 27162 |" in md
+    assert re.search(r"\| Cost per event at 10\^6 .* \| 1\.191 x \| <= 1\.3 x \| met \|", md)
 
     root = check_junit((out / "junit.xml").read_text())
     suites = {s.get("name"): s for s in root.iter("testsuite")}

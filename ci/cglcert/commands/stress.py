@@ -11,8 +11,10 @@ Builds ``stress/`` (CMake, its own build directory) when needed, runs
 * ``aem_micro``             Google Benchmark micro-benchmarks (when built),
 
 and writes ``DIR/stress.json``: ``environment``, ``runs`` (every program's command, exit code,
-time and JSON output), ``metrics`` (the catalog's metric names) and ``verdicts`` (every
-threshold of the catalog, relative ones against their calibration metric of the same run).
+time and JSON output), ``metrics`` (the catalog's metric names), ``verdicts`` (every
+threshold of the catalog, relative ones against their calibration metric of the same run)
+and ``targets`` (the project's performance targets, :mod:`cglcert.perf_targets`: reported,
+never part of the exit code).
 
 Exit codes: 0 every threshold passed and nothing was lost; 1 an occurrence was lost or
 duplicated, handlers overlapped, or a threshold failed or could not be measured; 3 a program
@@ -34,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from cglcert import ExitCode, InfraError, UsageError, default_repo_root
+from cglcert import perf_targets
 from cglcert.catalog import Requirement, Threshold, load_catalog
 
 PROGRAMS = ("aem_stress_delivery", "aem_stress_atomicity", "aem_bench_compare",
@@ -337,6 +340,7 @@ def assemble(requirements: list[Requirement], runs: list[dict[str, Any]],
         "runs": runs,
         "metrics": metrics,
         "verdicts": verdicts,
+        "targets": perf_targets.evaluate(runs),
         "summary": {"lost": int(metrics.get("occurrences_lost", 0)),
                     "duplicated": int(metrics.get("occurrences_duplicated", 0)),
                     "handler_overlaps": int(metrics.get("handler_overlaps", 0)),
@@ -407,6 +411,10 @@ def render_summary(report: dict[str, Any], out_file: Path) -> str:
             + (f" (ratio {_fmt(c['ratio'])})" if c.get("ratio") is not None else "")
             for c in v["thresholds"])
         lines.append(f"  {v['verdict']:7} {rid}: {detail}")
+    for t in report.get("targets") or []:
+        met = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
+        got = _fmt(t["measured"]) if t["measured"] is not None else t.get("why", "")
+        lines.append(f"  target {met:6} {t['id']}: {got} ({t['op']} {_fmt(t['bound'])})")
     s = report["summary"]
     lines.append(f"  lost={s['lost']} duplicated={s['duplicated']} "
                  f"overlaps={s['handler_overlaps']}; report: {out_file}")

@@ -74,6 +74,15 @@ def _stress_lines(run: Run) -> list[str]:
         lines += _table(["Requirement", "Criterion", "Metric", "Measured", "Op", "Bound",
                          "Threshold", "Ratio", "Verdict"], rows,
                         ["l", "l", "l", "r", "l", "r", "l", "r", "l"]) + [""]
+    targets = model.performance_targets(s)
+    if targets:
+        lines += ["Performance targets (the project's, not CGL's; same run):", ""]
+        met = {True: "met", False: "missed", None: "not measured"}
+        rows = [[t["target"], f"{model.fmt_number(t['measured'])} {t['unit']}"
+                 if t["measured"] is not None else "", f"{t['op']} {t['bound']} {t['unit']}",
+                 met[t["met"]], t.get("peers") or t.get("why") or ""] for t in targets]
+        lines += _table(["Target", "Measured", "Bound", "Met", "Figures and peers"], rows,
+                        ["l", "r", "l", "l", "l"]) + [""]
     phases = model.latency_phases(s)
     if phases:
         lines += ["Latency per priority (aem_prio_latency):", ""]

@@ -33,6 +33,7 @@ __all__ = [
     "load_report",
     "load_run",
     "mechanism_latencies",
+    "performance_targets",
     "scaling_series",
     "stress_thresholds",
 ]
@@ -290,6 +291,12 @@ def delivery_counts(stress: Mapping[str, Any] | None) -> list[dict[str, Any]]:
                      "delivered": o.get("occurrences_delivered"),
                      "lost": o.get("lost"), "duplicated": o.get("duplicated")})
     return rows
+
+
+def performance_targets(stress: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The project's performance targets as ``cglcert stress`` judged them (stress.json
+    ``targets``; :mod:`cglcert.perf_targets`): target, measured, bound, met, peers."""
+    return [dict(t) for t in (stress or {}).get("targets") or [] if isinstance(t, Mapping)]
 
 
 def stress_thresholds(stress: Mapping[str, Any] | None) -> list[dict[str, Any]]:
