@@ -46,7 +46,6 @@ PACKAGES = {
     "qemu": ["qemu-system-x86", "busybox-static", "lz4"],
     "stress": ["libbenchmark-dev", "liburing-dev", "libuv1-dev", "stress-ng", "rt-tests"],
 }
-PROFILES = ("quick", "default", "full")
 #: The stress profile run by each certification profile (``cglcert stress --<profile>``).
 STRESS_PROFILE = {"quick": "smoke", "default": "quick", "full": "full"}
 #: Seconds the conformance suite may take on the target, per profile (TCG is slow).

@@ -83,16 +83,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help="directory for soak.json (created)")
     p.add_argument("--force", action="store_true",
                    help="overwrite an existing DIR/soak.json (default: refuse, it is evidence)")
-    p.add_argument("--backend", choices=("user", "kmod"), default=None,
-                   help="AEM backend (AEM_BACKEND); default: what libaem picks")
-    p.add_argument("--build-dir", type=Path, default=None, metavar="DIR",
-                   help="CMake build directory (default: <repo>/build/cglcert-stress)")
-    p.add_argument("--no-build", action="store_true",
-                   help="use the programs already in --build-dir/stress")
-    p.add_argument("--no-stress-ng", action="store_true",
-                   help="never load the machine with stress-ng")
-    p.add_argument("--repo", type=Path, default=None, metavar="DIR",
-                   help="project root (default: the repository of this cglcert)")
+    stress.add_program_args(p)
     p.set_defaults(func=run)
 
 

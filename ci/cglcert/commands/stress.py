@@ -68,8 +68,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                       help="seconds-long runs that only check the plumbing (cglcert's tests)")
     parser.add_argument("--duration", type=float, metavar="S", default=None,
                         help="seconds of delivery stress (per delivery run)")
-    parser.add_argument("--backend", choices=("user", "kmod"), default=None,
-                        help="AEM backend (AEM_BACKEND); default: what libaem picks")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR",
                         help="directory for stress.json")
     parser.add_argument("--fail-on", choices=("any", "losses"), default="any",
@@ -77,6 +75,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                              "threshold; losses: only on a lost or duplicated occurrence, an "
                              "overlap or a failed program (CI on shared machines, where "
                              "latency ratios are noise)")
+    add_program_args(parser)
+    parser.set_defaults(func=run)
+
+
+def add_program_args(parser: argparse.ArgumentParser) -> None:
+    """The options of every command that builds and runs the stress programs (stress, soak)."""
+    parser.add_argument("--backend", choices=("user", "kmod"), default=None,
+                        help="AEM backend (AEM_BACKEND); default: what libaem picks")
     parser.add_argument("--build-dir", type=Path, default=None, metavar="DIR",
                         help="CMake build directory (default: <repo>/build/cglcert-stress)")
     parser.add_argument("--no-build", action="store_true",
@@ -85,7 +91,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="do not use stress-ng even when it is installed")
     parser.add_argument("--repo", type=Path, default=None, metavar="DIR",
                         help="project root (default: the repository of this cglcert)")
-    parser.set_defaults(func=run)
 
 
 # ---------------------------------------------------------------------------------------------
