@@ -351,6 +351,9 @@ struct aem_user {
  *               caller has not come back with another ioctl (it runs the
  *               handler): the boost lasts until then (ctx->lock)
  * @boost_hold_task: that caller (compared, never dereferenced)
+ * @boost_pid:   the thread that last popped a delivery at >= boost_prio,
+ *               referenced: the next boost goes to it, as the library
+ *               routes one executor's deliveries to one thread (ctx->lock)
  * @boost_gen:   bumped when @boost_want changes (ctx->lock)
  * @boost_applied: the @boost_gen last applied (boost_mutex)
  * @boost_work:  applies @boost_want from atomic context (sleepable)
@@ -396,6 +399,7 @@ struct aem_ctx {
 	bool boost_want;
 	bool boost_hold;
 	struct task_struct *boost_hold_task;
+	struct pid *boost_pid;
 	unsigned int boost_gen;
 	unsigned int boost_applied;
 	struct work_struct boost_work;
@@ -785,8 +789,10 @@ static u32 aem_ring_refill(struct aem_ctx *ctx)
 /*
  * Process priority enforcement (a ceiling, not priority inheritance):
  * while something of priority >= boost_prio is pending, the context's
- * thread (the doorbell thread, else the opener) runs at nice
- * boost_ceiling, if that is better than its own; it is restored when
+ * thread runs at nice boost_ceiling, if that is better than its own. That
+ * thread is the one that popped the last delivery this urgent (the one
+ * that runs such handlers: a worker thread, a dispatching thread), else
+ * the doorbell thread, else the opener; it is restored when
  * nothing that urgent is pending any more and the handler of the last
  * such delivery has run (@boost_hold), unless someone changed its nice
  * value meanwhile. set_user_nice() checks no permission, so the
@@ -830,7 +836,12 @@ static void aem_boost_apply(struct aem_ctx *ctx)
 	spin_lock_irqsave(&ctx->lock, flags);
 	want = ctx->boost_want;
 	gen = ctx->boost_gen;
-	task = get_task_struct(ctx->sig_task ? ctx->sig_task : ctx->opener);
+	rcu_read_lock();
+	task = ctx->boost_pid ? pid_task(ctx->boost_pid, PIDTYPE_PID) : NULL;
+	if (!task)	/* none yet, or it exited */
+		task = ctx->sig_task ? ctx->sig_task : ctx->opener;
+	get_task_struct(task);
+	rcu_read_unlock();
 	spin_unlock_irqrestore(&ctx->lock, flags);
 
 	if (!want || ctx->boosted != task)
@@ -1827,6 +1838,7 @@ static unsigned int aem_pop_batch(struct aem_ctx *ctx,
 				  struct aem_delivery *buf, unsigned int max)
 {
 	unsigned int p = READ_ONCE(boost_prio), i;
+	struct pid *old_pid = NULL;
 	unsigned long flags;
 	unsigned int n = 0;
 
@@ -1845,10 +1857,15 @@ static unsigned int aem_pop_batch(struct aem_ctx *ctx,
 		if (buf[i].prio >= p) {
 			ctx->boost_hold = true;
 			ctx->boost_hold_task = current;
+			if (ctx->boost_pid != task_pid(current)) {
+				old_pid = ctx->boost_pid;
+				ctx->boost_pid = get_pid(task_pid(current));
+			}
 		}
 	}
 	aem_after_pop(ctx);
 	spin_unlock_irqrestore(&ctx->lock, flags);
+	put_pid(old_pid);
 	return n;
 }
 
@@ -2406,6 +2423,7 @@ static int aem_release(struct inode *inode, struct file *file)
 	cancel_work_sync(&ctx->boost_work);
 	aem_unboost(ctx);
 	put_task_struct(ctx->opener);
+	put_pid(ctx->boost_pid);
 	aem_user_put(ctx->user);
 	WARN_ON_ONCE(ctx->bitmap & ~BIT_ULL(AEM_PRIO_MAX));
 	if (ctx->sig_task)

@@ -37,7 +37,7 @@
 #include <linux/aem.h>
 #include <linux/capability.h>
 
-#define NTESTS 44
+#define NTESTS 45
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 static int test_no;
@@ -1145,6 +1145,74 @@ static void t_boost(void)
 	CHECK(n2 == -5, "not boosted while urgent pending: nice %d", n2);
 	CHECK(n3 == -5, "not boosted while its handler runs: nice %d", n3);
 	CHECK(n4 == 0, "not restored after the handler: nice %d", n4);
+}
+
+/*
+ * The boost goes to the thread that popped the last urgent delivery (the
+ * one that runs such handlers: a library's worker thread), not to the
+ * opener. A second thread pops one and stays; the next urgent raise
+ * boosts that thread and leaves the opener as it was.
+ */
+struct popper {
+	int fd;
+	int tid;
+	int popped;
+	int ready[2], done[2];
+};
+
+static void *popper_fn(void *arg)
+{
+	struct popper *pp = arg;
+	struct aem_delivery d[1];
+	char c = 0;
+
+	pp->tid = syscall(SYS_gettid);
+	pp->popped = wait_ev(pp->fd, d, 1, 0);
+	wait_ev(pp->fd, d, 1, 0);	/* back from its handler: ends the hold */
+	if (write(pp->ready[1], &c, 1) != 1 || read(pp->done[0], &c, 1) != 1)
+		pp->popped = -1;
+	return NULL;
+}
+
+static void t_boost_popper(void)
+{
+	const char *bp = "/sys/module/aem/parameters/boost_prio";
+	const char *bc = "/sys/module/aem/parameters/boost_ceiling";
+	struct popper pp = { .tid = -1, .popped = -1 };
+	struct aem_delivery d[1];
+	int hi, mine = 99, its = 99, base;
+	pthread_t th;
+	char c = 0;
+
+	CHECK(pipe(pp.ready) == 0 && pipe(pp.done) == 0, "pipes");
+	CHECK(write_param(bp, "50") == 0 && write_param(bc, "-5") == 0,
+	      "params");
+	base = getpriority(PRIO_PROCESS, 0);
+	pp.fd = open("/dev/aem", O_RDWR | O_CLOEXEC);
+	hi = reg_soft(pp.fd, AEM_PRIO(60));
+	raise_ev(pp.fd, hi, 1, 0);	/* nobody popped yet: the opener */
+	pthread_create(&th, NULL, popper_fn, &pp);
+	if (read(pp.ready[0], &c, 1) == 1) {
+		raise_ev(pp.fd, hi, 1, 0);
+		mine = getpriority(PRIO_PROCESS, 0);
+		its = getpriority(PRIO_PROCESS, pp.tid);
+		drain(pp.fd, d, 1);
+	}
+	if (write(pp.done[1], &c, 1) != 1)
+		pp.popped = -1;
+	pthread_join(th, NULL);
+	close(pp.fd);
+	write_param(bp, "0");
+	write_param(bc, "0");
+	close(pp.ready[0]);
+	close(pp.ready[1]);
+	close(pp.done[0]);
+	close(pp.done[1]);
+	CHECK(hi > 0 && pp.popped == 1, "register %d, popped %d", hi,
+	      pp.popped);
+	CHECK(its == -5, "the thread that popped was not boosted: nice %d",
+	      its);
+	CHECK(mine == base, "the opener was boosted instead: nice %d", mine);
 }
 
 /*
@@ -2355,9 +2423,11 @@ int main(int argc, char **argv)
 	t_fd_signalfd(); report("fd_signalfd_owner_repoll", NULL);
 	if (access(pmax, W_OK)) {
 		report("priority_boost", "no module parameters");
+		report("priority_boost_follows_popper", "no module parameters");
 		report("priority_boost_rlimit", "no module parameters");
 	} else {
 		t_boost(); report("priority_boost", NULL);
+		t_boost_popper(); report("priority_boost_follows_popper", NULL);
 		t_boost_rlimit(); report("priority_boost_rlimit", NULL);
 	}
 	if (access("/sys/module/aem/parameters/upcall_syscalls", W_OK)) {
