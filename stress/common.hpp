@@ -271,6 +271,19 @@ inline long rss_kib() {
   return res * (sysconf(_SC_PAGESIZE) / 1024);
 }
 
+// The first line of a file (a /proc or /sys value), without its newline.
+inline bool read_line(const char* path, std::string& out) {
+  FILE* f = fopen(path, "r");
+  if (!f) return false;
+  char buf[256];
+  const bool ok = fgets(buf, sizeof buf, f) != nullptr;
+  fclose(f);
+  if (!ok) return false;
+  out = buf;
+  while (!out.empty() && out.back() == '\n') out.pop_back();
+  return true;
+}
+
 // Kernel slab memory (kB) from /proc/meminfo: approximates kernel-side
 // memory of registrations (epoll items, eventfd files).
 inline long slab_kib() {
