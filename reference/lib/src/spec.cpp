@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // The registration contract both backends enforce before they allocate
-// anything: the flags, the policy, then each family's own arguments.
+// anything: the flags, the policy, then each family's own arguments. aem.ko
+// checks again; these give the C API its exact errno on either backend.
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
