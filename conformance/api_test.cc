@@ -15,7 +15,6 @@
 namespace {
 using namespace conf;
 
-
 const int kClosedFd = 1 << 20;  // above RLIMIT_NOFILE: never an open fd
 
 // ===========================================================================

@@ -69,7 +69,6 @@ class BackendEnvironment : public ::testing::Environment {
 [[maybe_unused]] ::testing::Environment* const g_backend_env =
     ::testing::AddGlobalTestEnvironment(new BackendEnvironment);
 
-
 // ===========================================================================
 // AEM-3.6.1 Queuing
 
@@ -452,11 +451,9 @@ TEST_F(AEM_3_6_3, c4_HundredPeriodicTimersEachMatchTheirPeriod) {
   static uint64_t sums[kTimers];
   static int first_id;
   std::vector<int> ids;
-  // Each timer's count is bracketed by clock reads: at most the periods that
-  // could have elapsed between arming and the STATS call that reads it; at
-  // least those elapsed by a time T after which the timer was seen to fire
-  // again (an expiration is counted when the kernel or the poller gets to it,
-  // which a loaded machine delays: the count lags, it must not lose).
+  // Each timer's count is bracketed by clock reads (read_timer_count()): at
+  // most the periods that could have elapsed between arming and the last
+  // STATS read, at least those elapsed by a time after which it fired again.
   std::vector<uint64_t> period(kTimers), armed_lo(kTimers), armed_hi(kTimers);
   for (int i = 0; i < kTimers; ++i) {
     const auto u = static_cast<size_t>(i);
@@ -477,19 +474,11 @@ TEST_F(AEM_3_6_3, c4_HundredPeriodicTimersEachMatchTheirPeriod) {
   int bad = 0;
   for (int i = 0; i < kTimers; ++i) {
     const auto u = static_cast<size_t>(i);
-    aem_event_stats st{};
-    const uint64_t t = mono_ns();
-    ASSERT_EQ(evctl(ids[u], AEM_CTL_STATS, ptr(&st)), 0);
-    const uint64_t seen = st.activations;
-    const uint64_t give_up = mono_ns() + kWaitMs * 1000000ull;
-    uint64_t read_hi = mono_ns();
-    while (st.activations == seen && read_hi < give_up) {  // fired again after t
-      std::this_thread::yield();
-      ASSERT_EQ(evctl(ids[u], AEM_CTL_STATS, ptr(&st)), 0);
-      read_hi = mono_ns();
-    }
-    const uint64_t least = (t - armed_hi[u]) / period[u];
-    const uint64_t most = (read_hi - armed_lo[u]) / period[u];
+    const TimerCount c = read_timer_count(ids[u]);
+    ASSERT_TRUE(c.ok);
+    const aem_event_stats& st = c.st;
+    const uint64_t least = (c.t - armed_hi[u]) / period[u];
+    const uint64_t most = (c.read_hi - armed_lo[u]) / period[u];
     const uint64_t got = st.activations;
     if (got + 1 < least || got > most + 1) {
       ++bad;

@@ -379,6 +379,34 @@ inline long slab_bytes() {
 // The fixture of every conformance test: no context before, none after.
 class ConformanceTest : public AemTest {};
 
+// A disabled periodic timer's count, bracketed by the clock (AEM-3.6.3 c4,
+// PRF.1.4 c4). An expiration is counted when the kernel or the poller gets
+// to it, which a loaded machine delays: the count lags, it must not lose.
+// So STATS is read at t, then again until the count moves (the timer fired
+// after t) or kWaitMs pass: the last count covers at least the periods
+// elapsed by t and at most those elapsed by read_hi. ok is false when a
+// STATS call failed.
+struct TimerCount {
+  aem_event_stats st{};  // the last STATS read
+  uint64_t t = 0, read_hi = 0;
+  bool ok = false;
+};
+
+inline TimerCount read_timer_count(int id) {
+  TimerCount c;
+  c.t = mono_ns();
+  if (evctl(id, AEM_CTL_STATS, ptr(&c.st)) != 0) return c;
+  const uint64_t seen = c.st.activations, give_up = mono_ns() + kWaitMs * 1000000ull;
+  c.read_hi = mono_ns();
+  while (c.st.activations == seen && c.read_hi < give_up) {
+    std::this_thread::yield();
+    if (evctl(id, AEM_CTL_STATS, ptr(&c.st)) != 0) return c;
+    c.read_hi = mono_ns();
+  }
+  c.ok = true;
+  return c;
+}
+
 }  // namespace conf
 
 // A test that needs the kernel backend for a criterion the user backend

@@ -16,7 +16,6 @@
 namespace {
 using namespace conf;
 
-
 std::mutex g_err_mu;
 std::vector<std::pair<int, int>> g_errs;
 void rec_err(int jid, int e) {

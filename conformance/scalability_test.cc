@@ -14,7 +14,6 @@
 namespace {
 using namespace conf;
 
-
 class AEM_3_3_1 : public ConformanceTest {};
 
 // The criterion raises the policy limits for the test. kmod: aem.ko's

@@ -91,8 +91,6 @@ inline constexpr unsigned kPollBits = POLLIN | POLLPRI | POLLOUT | POLLRDNORM | 
 // min_period_ns), -EBADF, -ENOTSOCK or -EOPNOTSUPP (the fd).
 int check_spec(const Spec& spec, const Policy& policy, uint64_t min_period_ns, int& prio,
                unsigned& exec);
-bool valid_ts(const timespec& t);
-int check_socket(int fd);  // 0, -EBADF or -ENOTSOCK
 
 class Backend {
  public:

@@ -13,6 +13,7 @@
 #include "backend.hpp"
 
 namespace aem::detail {
+namespace {
 
 bool valid_ts(const timespec& t) {
   return t.tv_sec >= 0 && t.tv_nsec >= 0 && t.tv_nsec < 1000000000;
@@ -24,8 +25,6 @@ int check_socket(int fd) {
   if (!S_ISSOCK(st.st_mode)) return -ENOTSOCK;
   return 0;
 }
-
-namespace {
 
 int check_flags(const Spec& spec, const Policy& policy, int& prio, unsigned& exec) {
   const uint64_t f = spec.flags;

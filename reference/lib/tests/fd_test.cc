@@ -11,7 +11,6 @@ using namespace aemtest;
 
 class FdEvents : public AemTest {};
 
-
 TEST_F(FdEvents, Errors) {
   AEM_REQ("PRF.5.0", "AEM-3.1.3");
   Pipe p;

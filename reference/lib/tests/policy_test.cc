@@ -10,7 +10,6 @@ using namespace aemtest;
 
 class Policy : public AemTest {};
 
-
 TEST_F(Policy, AllowedTypes) {
   AEM_REQ("AEM-3.5.3");
   EXPECT_CHILD_OK([] {

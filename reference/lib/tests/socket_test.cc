@@ -17,7 +17,6 @@ using namespace aemtest;
 
 class Sockets : public AemTest {};
 
-
 TEST_F(Sockets, ErrorsOfEveryFamily) {
   AEM_REQ("AEM-3.1.3", "AEM-3.1.2");
   Pipe p;

@@ -10,7 +10,6 @@ using namespace aemtest;
 
 class Timer : public AemTest {};
 
-
 TEST_F(Timer, Errors) {
   AEM_REQ("AEM-3.6.3", "AEM-3.1.3");
   timespec ok{0, 1000000};
