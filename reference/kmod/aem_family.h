@@ -41,6 +41,12 @@ struct file;
  *             aem_activate() if it is (still) ready; runs for level
  *             triggered registrations (no AEM_EDGE) after each delivery,
  *             and after aem_recheck_later(); may sleep
+ * @parked_only: recheck() runs only after a delivery that
+ *             aem_activate_park() parked, never as a level trigger
+ * @sync:      optional: bring the registration's counts up to date before
+ *             AEM_CTL_STATS and AEM_CTL_LOOKUP read them (a periodic timer
+ *             that stopped while its expirations were not consumed counts
+ *             the ones it missed); ctx->mutex held, may sleep
  * @list:      the core's list of families; private to the core
  */
 struct aem_family {
@@ -55,6 +61,8 @@ struct aem_family {
 	int (*raise)(struct aem_event *reg, u64 count, u64 value);
 	int (*filter)(struct aem_event *reg, u64 mask);
 	void (*recheck)(struct aem_event *reg);
+	void (*sync)(struct aem_event *reg);
+	bool parked_only;
 	struct list_head list;
 };
 
@@ -77,12 +85,23 @@ void aem_unregister_family(struct aem_family *fam);
 void aem_activate(struct aem_event *reg, u64 count, u64 value,
 		  enum aem_value_merge how);
 
+bool aem_activate_park(struct aem_event *reg, u64 count, u64 value,
+		       enum aem_value_merge how);
 void aem_activate_data(struct aem_event *reg, u64 value, u64 data0,
 		       u64 data1);
 bool aem_reg_idle(struct aem_event *reg);
 
 void *aem_arena_alloc(struct aem_event *reg, size_t len, u64 *off, bool wait);
 void aem_arena_free(struct aem_event *reg, u64 off);
+/*
+ * Hand the chunk at @off to user space: from now on AEM_IOC_ARENA_FREE
+ * may free it, and the family must not touch it (call it right before
+ * the activation that delivers @off). Until then only the family may
+ * free it (aem_arena_free()); user space gets -EINVAL for it.
+ */
+void aem_arena_publish(struct aem_event *reg, u64 off);
+/* Bytes of the context's arena, 0 without one. */
+size_t aem_reg_arena_size(const struct aem_event *reg);
 
 void aem_recheck_later(struct aem_event *reg);
 bool aem_file_is_ctx(struct file *file);

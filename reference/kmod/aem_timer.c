@@ -9,9 +9,28 @@
  * since the last expiry (overruns included), and activates the
  * registration with that count; the core adds it to the pending count,
  * so the sum delivered to user space equals the number of periods that
- * elapsed, however late user space consumes them. The minimum period
- * (module parameter min_timer_period_ns of aem.ko) bounds the interrupt
- * rate a user can cause, as timerfd's lazy re-arm would.
+ * elapsed, however late user space consumes them.
+ *
+ * Interrupt load nobody consumes: like timerfd and POSIX timers, a
+ * periodic timer stops re-arming while its last expiration was not taken.
+ * The expiry that finds the previous one still pending parks the timer
+ * (aem_activate_park(): decided under the context lock, so a delivery
+ * cannot be taken between the test and the park) and returns
+ * HRTIMER_NORESTART. The core then runs recheck() in the owner's context
+ * before its next pop, which forwards the timer over the periods that
+ * elapsed meanwhile and counts them into the pending delivery (one merged
+ * delivery, as before), and again once that delivery is taken, which
+ * starts the timer again. AEM_CTL_STATS and
+ * LOOKUP count them first too (sync()), so counts stay exact at any read.
+ * A user who never consumes costs two interrupts per timer, not one per
+ * period; the minimum period (module parameter min_timer_period_ns of
+ * aem.ko) bounds the rate of the timers that are consumed.
+ *
+ * LOCKING: at->lock (irq-safe) serialises the expiry's decision and the
+ * restart; at->lock -> ctx->lock (activation). The restart may run while
+ * the callback that parked is still returning: the timer is not enqueued
+ * then, so hrtimer_forward() is allowed, and the callback's
+ * HRTIMER_NORESTART leaves the new start alone.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -32,20 +51,71 @@ struct aem_timer {
 	struct hrtimer timer;
 	ktime_t period;
 	struct aem_event *reg;
+	spinlock_t lock;	/* see LOCKING */
+	bool parked;
 };
 
 static enum hrtimer_restart aem_timer_fn(struct hrtimer *t)
 {
 	struct aem_timer *at = container_of(t, struct aem_timer, timer);
+	enum hrtimer_restart ret = HRTIMER_RESTART;
+	unsigned long flags;
 	u64 n;
 
 	if (!at->period) {
 		aem_activate(at->reg, 1, 1, AEM_VALUE_ADD);
 		return HRTIMER_NORESTART;
 	}
+	spin_lock_irqsave(&at->lock, flags);
 	n = hrtimer_forward_now(t, at->period);
-	aem_activate(at->reg, n, n, AEM_VALUE_ADD);
-	return HRTIMER_RESTART;
+	if (aem_activate_park(at->reg, n, n, AEM_VALUE_ADD)) {
+		at->parked = true;
+		ret = HRTIMER_NORESTART;
+	}
+	spin_unlock_irqrestore(&at->lock, flags);
+	return ret;
+}
+
+/*
+ * Count the periods a parked timer missed; restart it when @restart and
+ * nobody left them unconsumed. at->lock held.
+ */
+static void aem_timer_catch_up(struct aem_timer *at, bool restart)
+{
+	u64 n;
+
+	if (!at->parked)
+		return;
+	n = hrtimer_forward_now(&at->timer, at->period);
+	if (n && aem_activate_park(at->reg, n, n, AEM_VALUE_ADD))
+		return;		/* still unconsumed: stay parked */
+	/* Restart once the parked delivery was taken (its pop re-checks). */
+	if (!restart || (!n && !aem_reg_idle(at->reg)))
+		return;
+	at->parked = false;
+	hrtimer_start_expires(&at->timer, HRTIMER_MODE_ABS);
+}
+
+/* The parked expiration was taken (owner's context, ctx->mutex). */
+static void aem_timer_recheck(struct aem_event *reg)
+{
+	struct aem_timer *at = aem_reg_priv(reg);
+	unsigned long flags;
+
+	spin_lock_irqsave(&at->lock, flags);
+	aem_timer_catch_up(at, true);
+	spin_unlock_irqrestore(&at->lock, flags);
+}
+
+/* Before STATS and LOOKUP: the periods a parked timer missed. */
+static void aem_timer_sync(struct aem_event *reg)
+{
+	struct aem_timer *at = aem_reg_priv(reg);
+	unsigned long flags;
+
+	spin_lock_irqsave(&at->lock, flags);
+	aem_timer_catch_up(at, false);
+	spin_unlock_irqrestore(&at->lock, flags);
 }
 
 static int aem_timer_setup(struct aem_event *reg, const union aem_reg_arg *arg)
@@ -66,6 +136,7 @@ static int aem_timer_setup(struct aem_event *reg, const union aem_reg_arg *arg)
 	mode = (flags & AEM_ABSTIME) ? HRTIMER_MODE_ABS : HRTIMER_MODE_REL;
 	at->reg = reg;
 	at->period = ns_to_ktime(arg->timer.period_ns);
+	spin_lock_init(&at->lock);
 	hrtimer_init(&at->timer, clock, mode);
 	at->timer.function = aem_timer_fn;
 	hrtimer_start(&at->timer, ns_to_ktime(arg->timer.value_ns), mode);
@@ -88,6 +159,9 @@ static struct aem_family aem_timer_family = {
 	.arg_size	= sizeof(struct aem_timer_arg),
 	.setup		= aem_timer_setup,
 	.teardown	= aem_timer_teardown,
+	.recheck	= aem_timer_recheck,
+	.sync		= aem_timer_sync,
+	.parked_only	= true,
 };
 
 static int __init aem_timer_init(void)
