@@ -150,10 +150,16 @@ struct aem_fd_arg {		/* AEM_EV_FD */
  *                goes on (a read error other than -ENOMEM is followed by
  *                end of file); the other fields are then 0
  *   ACCEPT       value: the accepted connection's fd, installed in the
- *                owner's fd table (no O_CLOEXEC, blocking), one per delivery
+ *                owner's fd table (O_CLOEXEC, like accept4(SOCK_CLOEXEC);
+ *                blocking), one per delivery. Only on TCP listeners
+ *                (AF_INET/AF_INET6, IPPROTO_TCP) and AF_UNIX stream and
+ *                seqpacket ones: -EOPNOTSUPP for any other. The kernel's
+ *                LSM socket_accept hook is not called (not reachable
+ *                from a module): see reference/kmod/README.md.
  *   READ         value: bytes read (0: end of file, delivered once);
  *                data[0]: their offset in the data arena, which user space
- *                gives back with AEM_IOC_ARENA_FREE; one chunk per delivery.
+ *                gives back with AEM_IOC_ARENA_FREE; one chunk per delivery,
+ *                at most the arena's size.
  *                Needs an arena (AEM_IOC_ARENA_SETUP) at registration.
  *   CLOSE        value: the poll bits that said so (EPOLLRDHUP, EPOLLHUP):
  *                the connection was closed (peer or own shutdown); once
@@ -181,7 +187,11 @@ union aem_reg_arg {
  * argument), -E2BIG (non-zero unknown tail), -EPERM (type or executor not
  * allowed by policy), -EOPNOTSUPP (no family module serves the type or the
  * requested version), -EMFILE (max_regs of the context reached), -EDQUOT
- * (max_regs_per_user reached), -ENOMEM.
+ * (max_regs_per_user reached), -ENOMEM, -EFAULT (the id could not be
+ * stored: no registration is left). A periodic timer whose last expiration
+ * was not taken stops interrupting until it is (like timerfd); its counts
+ * stay exact: the periods it missed are counted into the pending delivery
+ * and into AEM_CTL_STATS.
  */
 struct aem_reg {
 	__u32 size;		/* sizeof(struct aem_reg) */
@@ -275,10 +285,11 @@ struct aem_delivery {
 
 /*
  * AEM_IOC_WAIT: the pull path. Waits until something is pending (at most
- * @timeout_ns; < 0: forever, 0: do not wait), then pops up to @max
- * deliveries, highest priority first, FIFO within a priority, into the
- * array at @deliveries (stride @dsize). Returns how many (0 on timeout),
- * -EINTR on a signal. A delivery that cannot be copied out is put back.
+ * @timeout_ns; < 0: forever, 0: do not wait, one past the end of time:
+ * forever), then pops up to @max deliveries, highest priority first, FIFO
+ * within a priority, into the array at @deliveries (stride @dsize).
+ * Returns how many (0 on timeout), -EINTR on a signal. A delivery that
+ * cannot be copied out is put back; -EFAULT when none could be.
  * A delivery at or above aem_info.boost_prio keeps the boost until the
  * caller's next ioctl on the context: its handler runs boosted.
  */
@@ -368,12 +379,14 @@ struct aem_ring_hdr {
 
 /*
  * The data arena ("vmtable"): event data the kernel produces (socket reads)
- * lives here, in memory user space maps read-write with
+ * lives here, in memory user space maps read-only with
  * mmap(NULL, bytes, PROT_READ, MAP_SHARED, fd, AEM_ARENA_OFFSET). The
  * mapping is inherited by fork() (the ring's is not), so a child process
  * sees the data without a copy. The allocator's records are kernel memory
- * only; user space gives a chunk back with AEM_IOC_ARENA_FREE. Set up once
- * per context.
+ * only; user space gives a chunk back with AEM_IOC_ARENA_FREE, once it was
+ * delivered (a chunk the kernel is still filling: -EINVAL). The pages are
+ * charged to the memory cgroup of the caller (-ENOMEM over its limit).
+ * Set up once per context.
  */
 #define AEM_ARENA_OFFSET	0x10000000ull
 
