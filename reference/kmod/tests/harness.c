@@ -104,6 +104,10 @@ static const char *missing(unsigned int needs)
 		return "aem.ko parameters not writable (not root?)";
 	if ((needs & AEM_NEED_DEBUGFS) && access("/sys/kernel/debug/aem", F_OK))
 		return "no debugfs";
+	if ((needs & AEM_NEED_FAILNTH) &&
+	    (access("/sys/kernel/debug/failslab", F_OK) ||
+	     access("/proc/self/fail-nth", F_OK)))
+		return "no failslab or fail-nth: a kernel with CONFIG_FAILSLAB (the debug kernel)";
 	return NULL;
 }
 

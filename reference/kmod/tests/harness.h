@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * A small KTAP harness for the AEM kernel tests, in the spirit of LTP's
- * struct tst_test and kselftest_harness.h: a test declares its name and
+ * struct tst_test and kselftest's harness: a test declares its name and
  * what it needs once, the harness numbers the tests, skips with a reason,
  * runs each one in a child process of its own (a crash, a hang or a
  * change of uid stays there) and prints KTAP.
@@ -33,12 +33,17 @@
 
 #define AEM_TEST_UID	1000
 
+#ifndef ARRAY_SIZE
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+#endif
+
 /* What a test needs; missing: it is skipped with the reason. */
 #define AEM_NEED_SOCK		0x1	/* aem_sock.ko loaded */
 #define AEM_NEED_PARAMS		0x2	/* aem.ko's parameters writable (root) */
 #define AEM_NEED_DEBUGFS	0x4	/* /sys/kernel/debug/aem exists */
 #define AEM_NEED_FD		0x8	/* aem_fd.ko loaded */
 #define AEM_NEED_TIMER		0x10	/* aem_timer.ko loaded */
+#define AEM_NEED_FAILNTH	0x20	/* failslab and fail-nth (the debug kernel) */
 
 struct aem_test {
 	const char *name;

@@ -1,0 +1,313 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Fault sweeps: every allocation on the register and ioctl paths fails in
+ * turn, and each failure must give an error return (or an error
+ * notification), no splat (the boot is --strict) and no leak (the harness
+ * checks uid 1000's registrations after the test; kmemleak runs after the
+ * suite on the debug kernel).
+ *
+ * Two kinds:
+ * - the modules' own sites (/sys/kernel/debug/aem{,_fd,_sock}/fail_*),
+ *   present on any kernel;
+ * - the kernel's fault injection from outside the module, one call at a
+ *   time: /proc/thread-self/fail-nth with failslab and fail_page_alloc
+ *   (CONFIG_FAULT_INJECTION, FAILSLAB, FAIL_PAGE_ALLOC: the debug kernel).
+ *   Writing N there fails the Nth fault-injection point this thread meets;
+ *   the sweep raises N until an operation meets fewer than N points.
+ * Each prints its table as KTAP diagnostics: operation, points met, the
+ * errnos seen.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+/* One operation: a fresh context, set-up, then the one call swept. */
+struct fault_op {
+	const char *name;
+	int (*prepare)(int fd, int *aux);	/* not swept */
+	int (*call)(int fd, int aux);		/* swept: 0/id or -errno */
+};
+
+static int prep_none(int fd, int *aux)
+{
+	(void)fd;
+	*aux = -1;
+	return 0;
+}
+
+static int prep_soft(int fd, int *aux)
+{
+	*aux = aem_reg_soft(fd, 0);
+	return *aux > 0 ? 0 : *aux;
+}
+
+static int prep_eventfd(int fd, int *aux)
+{
+	(void)fd;
+	*aux = eventfd(1, EFD_CLOEXEC);
+	return *aux >= 0 ? 0 : -errno;
+}
+
+static int prep_socketpair(int fd, int *aux)
+{
+	int sv[2];
+	void *map;
+	int r = aem_arena(fd, 1 << 16, &map);
+
+	if (r)
+		return r;
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv))
+		return -errno;
+	if (write(sv[1], "hello", 5) != 5)
+		return -errno;
+	*aux = sv[0];
+	return 0;
+}
+
+static int call_soft(int fd, int aux)
+{
+	(void)aux;
+	return aem_reg_soft(fd, 0);
+}
+
+static int call_timer(int fd, int aux)
+{
+	(void)aux;
+	return aem_reg_timer(fd, 0, 1000000, 1000000);
+}
+
+static int call_fd(int fd, int aux)
+{
+	return aem_reg_fd(fd, aux, 0x1, 0);
+}
+
+static int call_read(int fd, int aux)
+{
+	return aem_reg_sock(fd, AEM_EV_READ, aux, 0, 0);
+}
+
+static int call_timeout(int fd, int aux)
+{
+	return aem_ctl(fd, aux, AEM_CTL_SET_TIMEOUT, 1000);
+}
+
+static int call_wait(int fd, int aux)
+{
+	struct aem_delivery d[4];
+
+	aem_raise(fd, aux, 1, 0);
+	return aem_wait(fd, d, 4, 0);
+}
+
+static int call_ring(int fd, int aux)
+{
+	struct aem_ring_setup rs = { .size = sizeof(rs), .entries = 64 };
+
+	(void)aux;
+	return aem_ioctl(fd, AEM_IOC_RING_SETUP, &rs);
+}
+
+static int call_arena(int fd, int aux)
+{
+	struct aem_arena_setup as = { .size = sizeof(as), .bytes = 1 << 20 };
+
+	(void)aux;
+	return aem_ioctl(fd, AEM_IOC_ARENA_SETUP, &as);
+}
+
+static int call_signal(int fd, int aux)
+{
+	struct aem_signal sg = { .size = sizeof(sg), .signo = 40 };
+
+	(void)aux;
+	return aem_ioctl(fd, AEM_IOC_SET_SIGNAL, &sg);
+}
+
+static int call_stats(int fd, int aux)
+{
+	struct aem_reg_stats s;
+
+	return aem_stats(fd, aux, &s);
+}
+
+static const struct fault_op fault_ops[] = {
+	{ "register_soft", prep_none, call_soft },
+	{ "register_timer", prep_none, call_timer },
+	{ "register_fd", prep_eventfd, call_fd },
+	{ "register_read", prep_socketpair, call_read },
+	{ "ctl_set_timeout", prep_soft, call_timeout },
+	{ "wait", prep_soft, call_wait },
+	{ "ring_setup", prep_none, call_ring },
+	{ "arena_setup", prep_none, call_arena },
+	{ "set_signal", prep_none, call_signal },
+	{ "ctl_stats", prep_soft, call_stats },
+};
+
+#define NOPS	ARRAY_SIZE(fault_ops)
+
+static int write_nth(unsigned int n)
+{
+	char buf[16];
+
+	snprintf(buf, sizeof(buf), "%u", n);
+	return aem_write_file("/proc/thread-self/fail-nth", buf);
+}
+
+static long read_nth(void)
+{
+	char buf[16];
+
+	if (aem_read_file("/proc/thread-self/fail-nth", buf, sizeof(buf)))
+		return -1;
+	return strtol(buf, NULL, 10);
+}
+
+/* Does the context still work? A soft event registers, raises, delivers. */
+static bool still_works(int fd)
+{
+	struct aem_delivery d[16];
+	int id = aem_reg_soft(fd, AEM_ONESHOT), n, i;
+
+	if (id <= 0 || aem_raise(fd, id, 1, 0))
+		return false;
+	n = aem_wait(fd, d, 16, 0);	/* what the operation left, and ours */
+	for (i = 0; i < n; i++)
+		if (d[i].id == id)
+			return true;
+	return false;
+}
+
+static const char *const failslab_knobs[] = {
+	"/sys/kernel/debug/failslab/ignore-gfp-wait",
+	"/sys/kernel/debug/failslab/probability",
+	"/sys/kernel/debug/failslab/verbose",
+	"/sys/kernel/debug/fail_page_alloc/ignore-gfp-wait",
+	"/sys/kernel/debug/fail_page_alloc/min-order",
+	"/sys/kernel/debug/fail_page_alloc/probability",
+	"/sys/kernel/debug/fail_page_alloc/verbose",
+	NULL
+};
+
+/*
+ * fail-nth over every operation: failslab and fail_page_alloc fail the
+ * Nth allocation of this thread, for N = 1, 2, ... until the operation
+ * makes fewer than N. GFP_KERNEL allocations are included
+ * (ignore-gfp-wait N), order 0 pages too (min-order 0).
+ */
+AEM_TEST(fault_sweep_fail_nth, .needs = AEM_NEED_FAILNTH, .root = 1, .timeout = 600,
+	 .save = failslab_knobs)
+{
+	unsigned int i, n, points, failed, total = 0;
+	char errs[256];
+	int fd, aux, r;
+	long left;
+
+	CHECK(!aem_write_file(failslab_knobs[0], "N") &&
+	      !aem_write_file(failslab_knobs[3], "N") &&
+	      !aem_write_file(failslab_knobs[4], "0") &&
+	      !aem_write_file(failslab_knobs[2], "0") &&
+	      !aem_write_file(failslab_knobs[6], "0"), "failslab knobs");
+	/* fail-nth alone decides; no random failures on top. */
+	aem_write_file(failslab_knobs[1], "0");
+	aem_write_file(failslab_knobs[5], "0");
+	aem_drop_root();
+	printf("# %-16s %6s %6s  %s\n", "operation", "points", "failed", "errnos seen");
+	for (i = 0; i < NOPS; i++) {
+		errs[0] = 0;
+		points = 0;
+		failed = 0;
+		for (n = 1; n < 200; n++) {
+			fd = aem_open();
+			CHECK(fd >= 0, "open: %d", fd);
+			r = fault_ops[i].prepare(fd, &aux);
+			CHECK(r == 0, "%s: set-up: %d", fault_ops[i].name, r);
+			CHECK(write_nth(n) == 0, "fail-nth: %s", strerror(errno));
+			r = fault_ops[i].call(fd, aux);
+			left = read_nth();
+			write_nth(0);
+			if (left > 0) {	/* fewer than n points: done */
+				CHECK(r >= 0, "%s: %d without an injected failure",
+				      fault_ops[i].name, r);
+				if (aux > 2)
+					close(aux);
+				close(fd);
+				break;
+			}
+			points = n;
+			if (r < 0) {
+				char e[16];
+
+				failed++;
+				snprintf(e, sizeof(e), "%d ", -r);
+				if (!strstr(errs, e) && strlen(errs) + strlen(e) < sizeof(errs))
+					strcat(errs, e);
+			}
+			CHECK(still_works(fd), "%s: the context is broken after failure %u",
+			      fault_ops[i].name, n);
+			if (aux > 2)
+				close(aux);
+			close(fd);
+		}
+		total += points;
+		printf("# %-16s %6u %6u  %s\n", fault_ops[i].name, points, failed,
+		       errs[0] ? errs : "-");
+	}
+	left = aem_user_regs_settled(0, 10000);
+	CHECK(left == 0, "%ld registrations left after the sweep", left);
+	printf("# fault points met: %u\n", total);
+}
+
+/* The modules' own fault sites: each gives its errno and leaks nothing. */
+struct own_site {
+	const char *knob;
+	const char *op;
+	int want;
+};
+
+static const struct own_site own_sites[] = {
+	{ "/sys/kernel/debug/aem/fail_reg_alloc", "register_soft", -ENOMEM },
+	{ "/sys/kernel/debug/aem/fail_ring_alloc", "ring_setup", -ENOMEM },
+	{ "/sys/kernel/debug/aem/fail_wait_alloc", "wait", -ENOMEM },
+	{ "/sys/kernel/debug/aem/fail_arena_setup", "arena_setup", -ENOMEM },
+};
+
+AEM_TEST(fault_sites_own, .root = 1, .needs = AEM_NEED_DEBUGFS)
+{
+	char path[128];
+	unsigned int i, k;
+	int fd, aux, r;
+
+	printf("# %-40s %-14s %s\n", "site", "operation", "result");
+	for (i = 0; i < ARRAY_SIZE(own_sites); i++) {
+		const struct fault_op *op = NULL;
+
+		for (k = 0; k < NOPS; k++)
+			if (!strcmp(fault_ops[k].name, own_sites[i].op))
+				op = &fault_ops[k];
+		CHECK(op, "no operation %s", own_sites[i].op);
+		fd = aem_open();
+		CHECK(fd >= 0, "open");
+		r = op->prepare(fd, &aux);
+		CHECK(r == 0, "%s: set-up: %d", op->name, r);
+		snprintf(path, sizeof(path), "%s/times", own_sites[i].knob);
+		CHECK(aem_write_file(path, "1") == 0, "%s", path);
+		snprintf(path, sizeof(path), "%s/probability", own_sites[i].knob);
+		CHECK(aem_write_file(path, "100") == 0, "%s", path);
+		r = op->call(fd, aux);
+		aem_write_file(path, "0");
+		printf("# %-40s %-14s %d\n", own_sites[i].knob, op->name, r);
+		CHECK(r == own_sites[i].want, "%s: %d, want %d", own_sites[i].knob, r,
+		      own_sites[i].want);
+		CHECK(still_works(fd), "%s: the context is broken", own_sites[i].knob);
+		close(fd);
+	}
+}
