@@ -645,12 +645,14 @@ static void aem_ctx_free(struct kref *ref)
  * reference to the context goes with it.
  *
  * The hook is an mmu_notifier's release(), called by exit_mmap() (and
- * exec's mmput()) in the exiting task, sleepable. One notifier per mm
+ * exec's mmput()) in the exiting task, sleepable (a kernel without
+ * CONFIG_MMU_NOTIFIER has no hook: there the last close destroys them). One notifier per mm
  * (mmu_notifier_get()), with the mm's contexts on its list; the list and
  * ctx->mm_link are under am->lock (a leaf spinlock). The teardown holds a
  * reference on the context (ctx->ref) while it runs, so a concurrent last
  * close in another process leaves the freeing to whichever ends last.
  */
+#ifdef CONFIG_MMU_NOTIFIER
 struct aem_mm {
 	struct mmu_notifier mn;
 	spinlock_t lock;	/* see above */
@@ -725,6 +727,16 @@ static void aem_mm_detach(struct aem_ctx *ctx)
 	spin_unlock(&am->lock);
 	mmu_notifier_put(&am->mn);
 }
+#else	/* !CONFIG_MMU_NOTIFIER: registrations go at the last close only */
+static int aem_mm_attach(struct aem_ctx *ctx)
+{
+	return 0;
+}
+
+static void aem_mm_detach(struct aem_ctx *ctx)
+{
+}
+#endif
 
 static int aem_release(struct inode *inode, struct file *file)
 {
@@ -804,8 +816,10 @@ static void __exit aem_exit(void)
 {
 	/* No context is open (the fops pin the module): nothing is held. */
 	aem_doorbell_exit();
+#ifdef CONFIG_MMU_NOTIFIER
 	/* Notifiers put by the last contexts are freed after a grace period. */
 	mmu_notifier_synchronize();
+#endif
 	debugfs_remove(aem_debugfs);
 	misc_deregister(&aem_misc);
 }
