@@ -798,6 +798,7 @@ static int __init aem_init(void)
 
 	/* kmalloc-192 without family state: AEM-3.3.1's 256 bytes a registration */
 	BUILD_BUG_ON(sizeof(struct aem_event) > 192);
+	aem_doorbell_init();
 	ret = misc_register(&aem_misc);
 	if (ret)
 		return ret;

@@ -278,9 +278,10 @@ struct aem_user {
  * @mm_link:     on @owner_mm's list of contexts (its lock)
  * @ref:         the file's reference, and the exit teardown's while it
  *               runs; the last one frees the context
- * @deferred_link: on aem_deferred while a doorbell signal waits for its
- *               thread's return from an allowed system call
- *               (aem_deferred_lock, as are the next two)
+ * @deferred_link: on a bucket of aem_deferred (aem_doorbell.c) while a
+ *               doorbell signal waits for its thread's return from an
+ *               allowed system call (that bucket's lock, as are the next
+ *               two; @deferred_task is written by the kick only)
  * @deferred_task: the thread it goes to (ctx->sig_task at the time)
  * @deferred_signo: the signal
  */
@@ -376,6 +377,7 @@ int aem_arena_mmap(struct aem_ctx *ctx, struct vm_area_struct *vma);
 /* aem_doorbell.c */
 void aem_kick_fn(struct irq_work *work);
 bool aem_undefer_doorbell(struct aem_ctx *ctx);
+void aem_doorbell_init(void);
 void aem_doorbell_exit(void);
 
 #endif /* _AEM_CORE_H */

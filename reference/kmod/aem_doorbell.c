@@ -14,6 +14,7 @@
 
 #include <linux/bitmap.h>
 #include <linux/compat.h>
+#include <linux/hash.h>
 #include <linux/irq_work.h>
 #include <linux/moduleparam.h>
 #include <linux/poll.h>
@@ -38,12 +39,16 @@
  * an allowed call, so the signal is taken on exactly that return and on
  * no other. A thread blocked in an allowed call is not interrupted for
  * it. While a restriction is set every thread of the system runs the
- * syscall-exit tracepoint work: an empty-list check unless a doorbell
- * waits.
+ * syscall-exit tracepoint work: a counter check unless a doorbell
+ * waits, then a walk of the one bucket of the held doorbells that the
+ * thread hashes to (aem_deferred[], by the thread they go to), not of all
+ * of them.
  *
- * aem_deferred_lock is a leaf: never held with ctx->lock, and signals are
+ * A bucket's lock is a leaf: never held with ctx->lock, and signals are
  * sent only after it is dropped (activation runs under sighand->siglock
- * for signalfd, so siglock -> ctx->lock exists).
+ * for signalfd, so siglock -> ctx->lock exists). A context is on at most
+ * one bucket, that of ctx->deferred_task, which only the kick sets (and
+ * SET_SIGNAL and release wait for the kick before they undefer).
  */
 #define AEM_UPCALL_NR	1024
 
@@ -52,8 +57,19 @@ static bool aem_upcall_restricted;
 static DEFINE_MUTEX(aem_upcall_mutex);	/* the three above, the probe */
 static struct tracepoint *aem_sys_exit_tp;
 static bool aem_sys_exit_probed;
-static LIST_HEAD(aem_deferred);
-static DEFINE_SPINLOCK(aem_deferred_lock);
+
+#define AEM_DEFERRED_BITS	6
+
+static struct aem_deferred_bucket {
+	spinlock_t lock;	/* see above */
+	struct list_head list;
+} aem_deferred[1 << AEM_DEFERRED_BITS];
+static atomic_t aem_ndeferred = ATOMIC_INIT(0);
+
+static struct aem_deferred_bucket *aem_bucket(struct task_struct *task)
+{
+	return &aem_deferred[hash_ptr(task, AEM_DEFERRED_BITS)];
+}
 
 static void aem_send_doorbell(struct task_struct *task, int signo)
 {
@@ -68,6 +84,7 @@ static void aem_send_doorbell(struct task_struct *task, int signo)
 /* Sends the doorbells @current owes on the return from an allowed call. */
 static void aem_sys_exit_probe(void *data, struct pt_regs *regs, long ret)
 {
+	struct aem_deferred_bucket *b;
 	struct aem_ctx *ctx, *tmp;
 	int signo[4], n = 0;
 	unsigned long flags, nr;
@@ -77,7 +94,7 @@ static void aem_sys_exit_probe(void *data, struct pt_regs *regs, long ret)
 	 * is set: a racy peek keeps it cheap. A doorbell added meanwhile is
 	 * not lost: it waits for this thread's next allowed return.
 	 */
-	if (data_race(list_empty(&aem_deferred)))
+	if (!atomic_read(&aem_ndeferred))
 		return;
 	/*
 	 * The list names native system calls: a compat (32-bit) call's
@@ -89,16 +106,18 @@ static void aem_sys_exit_probe(void *data, struct pt_regs *regs, long ret)
 	nr = syscall_get_nr(current, regs);
 	if (nr >= AEM_UPCALL_NR || !test_bit(nr, aem_upcall_allowed))
 		return;
-	spin_lock_irqsave(&aem_deferred_lock, flags);
-	list_for_each_entry_safe(ctx, tmp, &aem_deferred, deferred_link) {
+	b = aem_bucket(current);
+	spin_lock_irqsave(&b->lock, flags);
+	list_for_each_entry_safe(ctx, tmp, &b->list, deferred_link) {
 		if (ctx->deferred_task != current)
 			continue;
 		list_del_init(&ctx->deferred_link);
+		atomic_dec(&aem_ndeferred);
 		signo[n++] = ctx->deferred_signo;
 		if (n == ARRAY_SIZE(signo))
 			break;	/* the rest on the next allowed return */
 	}
-	spin_unlock_irqrestore(&aem_deferred_lock, flags);
+	spin_unlock_irqrestore(&b->lock, flags);
 	while (n--)
 		aem_send_doorbell(current, signo[n]);
 }
@@ -107,20 +126,22 @@ static void aem_sys_exit_probe(void *data, struct pt_regs *regs, long ret)
 static bool aem_defer_doorbell(struct aem_ctx *ctx, struct task_struct *task,
 			       int signo)
 {
+	struct aem_deferred_bucket *b;
 	unsigned long flags;
-	bool deferred = false;
 
-	spin_lock_irqsave(&aem_deferred_lock, flags);
-	if (READ_ONCE(aem_upcall_restricted)) {
-		if (list_empty(&ctx->deferred_link)) {
-			ctx->deferred_task = task;
-			ctx->deferred_signo = signo;
-			list_add_tail(&ctx->deferred_link, &aem_deferred);
-		}
-		deferred = true;
-	}
-	spin_unlock_irqrestore(&aem_deferred_lock, flags);
-	return deferred;
+	if (!READ_ONCE(aem_upcall_restricted))
+		return false;
+	/* Held already (for this thread: see SET_SIGNAL)? Then once is enough. */
+	if (ctx->deferred_task && !list_empty_careful(&ctx->deferred_link))
+		return true;
+	b = aem_bucket(task);
+	spin_lock_irqsave(&b->lock, flags);
+	ctx->deferred_task = task;
+	ctx->deferred_signo = signo;
+	list_add_tail(&ctx->deferred_link, &b->list);
+	atomic_inc(&aem_ndeferred);
+	spin_unlock_irqrestore(&b->lock, flags);
+	return true;
 }
 
 /*
@@ -129,38 +150,49 @@ static bool aem_defer_doorbell(struct aem_ctx *ctx, struct task_struct *task,
  */
 bool aem_undefer_doorbell(struct aem_ctx *ctx)
 {
+	struct aem_deferred_bucket *b;
 	unsigned long flags;
 	bool was;
 
-	spin_lock_irqsave(&aem_deferred_lock, flags);
+	if (!ctx->deferred_task)
+		return false;
+	b = aem_bucket(ctx->deferred_task);
+	spin_lock_irqsave(&b->lock, flags);
 	was = !list_empty(&ctx->deferred_link);
-	list_del_init(&ctx->deferred_link);
-	spin_unlock_irqrestore(&aem_deferred_lock, flags);
+	if (was) {
+		list_del_init(&ctx->deferred_link);
+		atomic_dec(&aem_ndeferred);
+	}
+	spin_unlock_irqrestore(&b->lock, flags);
 	return was;
 }
 
 /* The restriction was lifted: send every held doorbell now. */
 static void aem_flush_deferred(void)
 {
+	struct aem_deferred_bucket *b;
 	struct task_struct *task;
 	struct aem_ctx *ctx;
 	unsigned long flags;
 	int signo;
 
-	for (;;) {
-		spin_lock_irqsave(&aem_deferred_lock, flags);
-		ctx = list_first_entry_or_null(&aem_deferred, struct aem_ctx,
-					       deferred_link);
-		if (ctx) {
-			list_del_init(&ctx->deferred_link);
-			task = get_task_struct(ctx->deferred_task);
-			signo = ctx->deferred_signo;
+	for (b = aem_deferred; b < aem_deferred + ARRAY_SIZE(aem_deferred); b++) {
+		for (;;) {
+			spin_lock_irqsave(&b->lock, flags);
+			ctx = list_first_entry_or_null(&b->list, struct aem_ctx,
+						       deferred_link);
+			if (ctx) {
+				list_del_init(&ctx->deferred_link);
+				atomic_dec(&aem_ndeferred);
+				task = get_task_struct(ctx->deferred_task);
+				signo = ctx->deferred_signo;
+			}
+			spin_unlock_irqrestore(&b->lock, flags);
+			if (!ctx)
+				break;
+			aem_send_doorbell(task, signo);
+			put_task_struct(task);
 		}
-		spin_unlock_irqrestore(&aem_deferred_lock, flags);
-		if (!ctx)
-			return;
-		aem_send_doorbell(task, signo);
-		put_task_struct(task);
 	}
 }
 
@@ -277,6 +309,17 @@ void aem_kick_fn(struct irq_work *work)
 	if (aem_defer_doorbell(ctx, task, signo))
 		return;
 	aem_send_doorbell(task, signo);
+}
+
+/* Module init: the buckets of held doorbells. */
+void aem_doorbell_init(void)
+{
+	unsigned int i;
+
+	for (i = 0; i < ARRAY_SIZE(aem_deferred); i++) {
+		spin_lock_init(&aem_deferred[i].lock);
+		INIT_LIST_HEAD(&aem_deferred[i].list);
+	}
 }
 
 /* Module exit: no context is left; detach the probe if it is attached. */
