@@ -1007,7 +1007,10 @@ void Engine::job_read(Source& s) {
   for (int i = 0; i < 16; ++i) {
     int avail = 0;
     if (ioctl(s.fd, FIONREAD, &avail) < 0) avail = 0;
-    size_t want = avail > 0 ? std::min<size_t>(static_cast<size_t>(avail), kReadMax) : 4096;
+    // Never more than the arena can ever hold: a chunk that big would
+    // wait for room forever.
+    size_t most = user_alloc_.alloc ? kReadMax : std::min(kReadMax, arena_->capacity());
+    size_t want = std::min<size_t>(avail > 0 ? static_cast<size_t>(avail) : 4096, most);
     Chunk* c = new_chunk(want);
     if (!c) {
       // No memory for event data (AEM-3.5.2): tell every reader, keep the
