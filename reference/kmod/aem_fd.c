@@ -37,6 +37,13 @@
  * Re-polling happens only in the owner's context, never in a kworker:
  * signalfd's ->poll() waits on current's sighand.
  *
+ * A wakeup may reach a hooked entry while vfs_poll() is still running
+ * (and queue the registration for a re-check); if setup() then fails (a
+ * third head), it unhooks what it hooked and the core unlinks the
+ * registration before freeing it. /sys/kernel/debug/aem_fd/fail_setup
+ * fails setup() right after hooking, so tests can open that window at
+ * will; .../setup_woken counts failed setups that were woken meanwhile.
+ *
  * The registration holds a reference on the file (there is no hook in
  * __fput() for modules), so closing the fd does not end the watch: clean
  * the registration (the library wraps close()).
@@ -52,6 +59,7 @@
 #include <linux/wait.h>
 
 #include "aem_family.h"
+#include "aem_fault.h"
 
 #define AEM_FD_VERSION		1
 #define AEM_FD_MAX_HEADS	2
@@ -64,8 +72,13 @@
 
 struct aem_fd;
 
-/* Diagnostics in /sys/kernel/debug/aem_fd/: POLLFREE wakeups seen. */
+/*
+ * Diagnostics in /sys/kernel/debug/aem_fd/: POLLFREE wakeups seen, failed
+ * setups woken after hooking; fault injection: fail_setup.
+ */
 static atomic_t aem_fd_pollfree = ATOMIC_INIT(0);
+static atomic_t aem_fd_setup_woken = ATOMIC_INIT(0);
+static struct aem_fault_attr aem_fd_fail_setup = AEM_FAULT_ATTR(fail_setup);
 static struct dentry *aem_fd_debugfs;
 
 /**
@@ -202,10 +215,17 @@ static int aem_fd_setup(struct aem_event *reg, const union aem_reg_arg *arg)
 	init_poll_funcptr(&w->pt, aem_fd_queue_proc);
 	w->pt._key = w->mask;
 	revents = vfs_poll(w->file, &w->pt);
-	if (w->error || !w->nhooks) {
-		/* Three heads, or a ->poll() that waits on nothing. */
-		ret = w->error ? w->error : -EPERM;
+	/* Three heads, or a ->poll() that waits on nothing. */
+	ret = w->error;
+	if (!ret && !w->nhooks)
+		ret = -EPERM;
+	/* Fault injection: the window after hooking, while wakeups come. */
+	if (!ret && aem_should_fail(&aem_fd_fail_setup))
+		ret = -ENOMEM;
+	if (ret) {
 		aem_fd_unhook(w);
+		if (atomic_read(&w->arrivals))
+			atomic_inc(&aem_fd_setup_woken);
 		goto out_put;
 	}
 	aem_reg_set_fd(reg, arg->fd.fd);
@@ -274,6 +294,9 @@ static int __init aem_fd_init(void)
 	aem_fd_debugfs = debugfs_create_dir("aem_fd", NULL);
 	debugfs_create_atomic_t("pollfree", 0400, aem_fd_debugfs,
 				&aem_fd_pollfree);
+	debugfs_create_atomic_t("setup_woken", 0400, aem_fd_debugfs,
+				&aem_fd_setup_woken);
+	aem_fault_debugfs(aem_fd_debugfs, &aem_fd_fail_setup);
 	return 0;
 }
 

@@ -13,7 +13,12 @@
  *
  * - setup() takes a reference on the socket's file, hooks a wait entry
  *   embedded in the registration into the socket's wait queue (its
- *   ->poll() names one head) and asks for a first check.
+ *   ->poll() names one head) and asks for a first check. Everything the
+ *   wake function, the read job and the TCP-state probe use is set before
+ *   the entry is hooked: a wakeup can come while vfs_poll() still runs.
+ *   The read job does nothing before setup() succeeded (@live); a setup
+ *   that fails after hooking unhooks, then cancels the job
+ *   (/sys/kernel/debug/aem_sock/fail_setup fails it right there).
  * - The wake function runs under the head's lock in any context; it drops
  *   wakeups whose key has none of the bits of interest and queues the
  *   registration for a re-check in the owner's context
@@ -21,7 +26,8 @@
  *   and always pass.
  * - recheck() runs in the owner's context (AEM_IOC_WAIT, poll() of the
  *   context), with ctx->mutex held, and does the job there: accept() and
- *   fd_install() into the owner's fd table (it must be the owner's),
+ *   fd_install() into the owner's fd table (it must be the owner's; the
+ *   fd is O_CLOEXEC, as with accept4(SOCK_CLOEXEC)),
  *   recvmsg() into the arena, the TCP state. For READ the wake function
  *   also queues a reactive job (an embedded work item, on a WQ_HIGHPRI
  *   workqueue, with the registering task's credentials) that reads what
@@ -52,14 +58,50 @@
  * AEM_EV_CLOSE reports the connection's end: the peer's close or reset,
  * or the owner's shutdown().
  *
+ * ACCEPT is done in the kernel (kernel_accept()), so it is limited to
+ * listeners whose children are safe to hand to user space: TCP
+ * (AF_INET/AF_INET6, SOCK_STREAM, IPPROTO_TCP; not MPTCP) and AF_UNIX
+ * SOCK_STREAM/SOCK_SEQPACKET; anything else is -EOPNOTSUPP. The child
+ * must hold a reference on its network namespace, as the fd will outlive
+ * anything of ours. In 6.1 a TCP child is made by sk_clone_lock(), which
+ * copies sk_net_refcnt from the listener and then takes the reference
+ * (get_net_track()) when it is set: we require it set on the listener
+ * (every socket made by socket(2) has it: sk_alloc() with kern == 0). A
+ * unix child is made by unix_stream_connect() with unix_create1(net,
+ * NULL, 0, type): kern == 0, it holds its reference whatever the
+ * listener. An SCTP or TIPC child is made by the accept itself with
+ * sk_alloc(..., kern), and kernel_accept() passes kern == true: no
+ * reference, a use-after-free of struct net once the namespace goes away.
+ *
+ * kernel_accept() is not accept(2) for the LSMs: security_socket_accept()
+ * (SELinux "accept", AppArmor "accept" permission on the listener) is not
+ * called, and it is not exported, nor is any function that calls it
+ * (do_accept()). The new struct socket comes from sock_create_lite(),
+ * which calls security_socket_create() and security_socket_post_create()
+ * with kern == 1 (a kernel socket: SELinux skips the create check and
+ * labels the inode kernel_t), then the accept grafts the child
+ * (security_sock_graft(): SELinux relabels the inode of an inet or unix
+ * socket with the child's sk label, derived from the listener's by
+ * inet_csk_clone or unix_stream_connect, as for accept(2); AppArmor
+ * keeps the child's sk label or gives it the owner's). The network
+ * path (security_inet_conn_request() and the other per-packet hooks),
+ * recvmsg/sendmsg on the new fd and every later operation are mediated
+ * as usual; only the accept permission check is not. Policy that must
+ * deny accept() to a domain denies it AEM_EV_ACCEPT with allowed_types.
+ *
  * TCP states come from the inet_sock_set_state tracepoint, which reports
  * every transition with its old and new state (notes §3): the module
  * finds it with for_each_kernel_tracepoint() (its symbol is not exported)
- * and attaches one probe for all SK registrations, which are in a hash by
- * struct sock (aem_sk_lock, irq-safe: the probe runs in softirq too). The
- * probe records the transition in the registration's embedded ring (no
- * allocation; a full ring merges the newest into its last entry) and asks
- * for a re-check, which delivers them one by one, in order. Without the
+ * and attaches one probe for all SK registrations. The watched sockets
+ * are in a resizable hash (rhashtable, keyed by struct sock *, looked up
+ * under RCU without a global lock), one node per socket with its watchers
+ * on a list (node->lock, irq-safe: the probe runs in softirq too), at
+ * most AEM_SK_MAX_WATCH per socket (-ENOSPC): a state change of an
+ * unwatched socket costs one short hash lookup, that of a watched one at
+ * most AEM_SK_MAX_WATCH ring updates. The probe records the transition in
+ * each registration's embedded ring (no allocation; a full ring merges
+ * the newest into its last entry) and asks for a re-check, which
+ * delivers them one by one, in order. Without the
  * tracepoint (a kernel built without it) the state is sampled on each
  * wakeup of the socket's wait queue instead: every transition of a
  * connection's life wakes it, but two in a row before the owner runs are
@@ -71,13 +113,14 @@
 #include <linux/debugfs.h>
 #include <linux/fdtable.h>
 #include <linux/file.h>
-#include <linux/hashtable.h>
 #include <linux/module.h>
 #include <linux/net.h>
 #include <linux/poll.h>
 #include <linux/cred.h>
 #include <linux/mutex.h>
 #include <linux/rcupdate.h>
+#include <linux/rhashtable.h>
+#include <linux/slab.h>
 #include <linux/spinlock.h>
 #include <linux/tracepoint.h>
 #include <linux/wait.h>
@@ -102,14 +145,44 @@
 
 static struct aem_fault_attr aem_sock_fail_accept = AEM_FAULT_ATTR(fail_accept);
 static struct aem_fault_attr aem_sock_fail_read = AEM_FAULT_ATTR(fail_read);
+static struct aem_fault_attr aem_sock_fail_setup = AEM_FAULT_ATTR(fail_setup);
+/* debugfs: failed setups whose hooked entry was woken meanwhile. */
+static atomic_t aem_sock_setup_woken = ATOMIC_INIT(0);
 static struct dentry *aem_sock_debugfs;
 static struct workqueue_struct *aem_sock_wq;
 
 #define AEM_SK_RING	16
+#define AEM_SK_MAX_WATCH 64	/* SK registrations per socket (-ENOSPC) */
+
+/**
+ * struct aem_sk_node - a socket watched by SK registrations
+ * @hnode:    in aem_sk_table
+ * @sk:       the socket, the key
+ * @lock:     @watchers and their rings (irq-safe: the probe runs in
+ *            softirq); nests inside nothing, ctx->lock nests inside it
+ * @watchers: the registrations (struct aem_sock.tp_link)
+ * @nwatch:   entries in @watchers (aem_sk_mutex)
+ * @rcu:      freed after a grace period: the probe looks up under RCU
+ */
+struct aem_sk_node {
+	struct rhash_head hnode;
+	const struct sock *sk;
+	spinlock_t lock;		/* see above */
+	struct list_head watchers;
+	unsigned int nwatch;
+	struct rcu_head rcu;
+};
+
+static const struct rhashtable_params aem_sk_params = {
+	.key_len		= sizeof(const struct sock *),
+	.key_offset		= offsetof(struct aem_sk_node, sk),
+	.head_offset		= offsetof(struct aem_sk_node, hnode),
+	.automatic_shrinking	= true,
+};
 
 /* SK registrations by struct sock, for the tracepoint probe. */
-static DEFINE_SPINLOCK(aem_sk_lock);
-static DEFINE_HASHTABLE(aem_sk_hash, 6);
+static struct rhashtable aem_sk_table;
+static DEFINE_MUTEX(aem_sk_mutex);	/* node insertion and removal */
 static atomic_t aem_sk_nwatch = ATOMIC_INIT(0);
 static struct tracepoint *aem_sk_tp;
 static u32 aem_sk_tp_on;	/* debugfs: the tracepoint serves SK */
@@ -132,17 +205,21 @@ static u32 aem_sk_tp_on;	/* debugfs: the tracepoint serves SK */
  * @nomem:    READ: -ENOMEM reported, waiting for arena room
  * @eof_next: READ: an error ended the stream: end of file comes next
  * @backoff:  ACCEPT: out of fds, retry on the next wakeup only
- * @arrivals: SOCK: wakeups since the last re-check
+ * @live:     READ: setup() succeeded; the job does nothing before
+ *            (store-release, load-acquire)
+ * @arrivals: wakeups since the last re-check (SOCK, ACCEPT) or since
+ *            setup() hooked the entry
  * @read_lock: READ: serialises reading (the job and the owner's re-check)
  * @read_work: READ: the reactive job: reads what arrived, in a kworker
- * @cred:     READ: the registering task's credentials, for the job
+ * @cred:     READ: the registering task's credentials, for the job; set
+ *            before the entry is hooked
  * @files:    ACCEPT: the owner's fd table at setup (compared, never used)
  * @acc_fd:   ACCEPT: the fd of the last connection handed out, -1: none
  * @acc_file: ACCEPT: its file (compared, never used)
- * @tp_node:  SK: in aem_sk_hash (aem_sk_lock)
- * @tp_sk:    SK: the sock, the hash key
+ * @tp_node:  SK: the watched socket's node in aem_sk_table, NULL: none
+ * @tp_link:  SK: on @tp_node's watchers (its lock)
  * @tr:       SK: transitions (old, new) from the tracepoint, a ring
- *            (aem_sk_lock)
+ *            (@tp_node's lock)
  * @tr_head:  SK: first entry of @tr
  * @tr_n:     SK: entries in @tr
  */
@@ -162,6 +239,7 @@ struct aem_sock {
 	bool nomem;
 	bool eof_next;
 	bool backoff;
+	bool live;
 	atomic_t arrivals;
 	struct mutex read_lock;		/* see above */
 	struct work_struct read_work;
@@ -169,8 +247,8 @@ struct aem_sock {
 	struct files_struct *files;
 	int acc_fd;
 	struct file *acc_file;
-	struct hlist_node tp_node;
-	struct sock *tp_sk;
+	struct aem_sk_node *tp_node;
+	struct list_head tp_link;
 	u8 tr[AEM_SK_RING][2];
 	u8 tr_head;
 	u8 tr_n;
@@ -180,16 +258,19 @@ struct aem_sock {
 static void aem_sk_probe(void *data, const struct sock *sk, const int old,
 			 const int now)
 {
+	struct aem_sk_node *n;
 	struct aem_sock *w;
 	unsigned long flags;
 	unsigned int i;
 
 	if (!atomic_read(&aem_sk_nwatch))
 		return;
-	spin_lock_irqsave(&aem_sk_lock, flags);
-	hash_for_each_possible(aem_sk_hash, w, tp_node, (unsigned long)sk) {
-		if (w->tp_sk != sk)
-			continue;
+	rcu_read_lock();
+	n = rhashtable_lookup(&aem_sk_table, &sk, aem_sk_params);
+	if (!n)
+		goto out;
+	spin_lock_irqsave(&n->lock, flags);
+	list_for_each_entry(w, &n->watchers, tp_link) {
 		if (w->tr_n == AEM_SK_RING) {
 			/* Full: the newest state ends the last transition. */
 			i = (w->tr_head + w->tr_n - 1) % AEM_SK_RING;
@@ -200,16 +281,19 @@ static void aem_sk_probe(void *data, const struct sock *sk, const int old,
 		w->tr[i][1] = now;
 		aem_recheck_later(w->reg);
 	}
-	spin_unlock_irqrestore(&aem_sk_lock, flags);
+	spin_unlock_irqrestore(&n->lock, flags);
+out:
+	rcu_read_unlock();
 }
 
 /* The oldest recorded transition into @old, @now; false if none. */
 static bool aem_sk_pop(struct aem_sock *w, int *old, int *now)
 {
+	struct aem_sk_node *n = w->tp_node;
 	unsigned long flags;
 	bool ret = false;
 
-	spin_lock_irqsave(&aem_sk_lock, flags);
+	spin_lock_irqsave(&n->lock, flags);
 	if (w->tr_n) {
 		*old = w->tr[w->tr_head][0];
 		*now = w->tr[w->tr_head][1];
@@ -217,30 +301,66 @@ static bool aem_sk_pop(struct aem_sock *w, int *old, int *now)
 		w->tr_n--;
 		ret = true;
 	}
-	spin_unlock_irqrestore(&aem_sk_lock, flags);
+	spin_unlock_irqrestore(&n->lock, flags);
 	return ret;
 }
 
-static void aem_sk_watch(struct aem_sock *w)
+/* Add @w to its socket's watchers; -ENOSPC over AEM_SK_MAX_WATCH. */
+static int aem_sk_watch(struct aem_sock *w)
 {
+	const struct sock *sk = w->sock->sk;
+	struct aem_sk_node *n;
 	unsigned long flags;
+	int ret = 0;
 
-	w->tp_sk = w->sock->sk;
-	spin_lock_irqsave(&aem_sk_lock, flags);
-	hash_add(aem_sk_hash, &w->tp_node, (unsigned long)w->tp_sk);
+	mutex_lock(&aem_sk_mutex);
+	n = rhashtable_lookup_fast(&aem_sk_table, &sk, aem_sk_params);
+	if (!n) {
+		ret = -ENOMEM;
+		n = kzalloc(sizeof(*n), GFP_KERNEL_ACCOUNT);
+		if (!n)
+			goto out;
+		n->sk = sk;
+		spin_lock_init(&n->lock);
+		INIT_LIST_HEAD(&n->watchers);
+		ret = rhashtable_insert_fast(&aem_sk_table, &n->hnode,
+					     aem_sk_params);
+		if (ret) {
+			kfree(n);
+			goto out;
+		}
+	} else if (n->nwatch >= AEM_SK_MAX_WATCH) {
+		ret = -ENOSPC;
+		goto out;
+	}
+	n->nwatch++;
+	spin_lock_irqsave(&n->lock, flags);
+	list_add_tail(&w->tp_link, &n->watchers);
+	spin_unlock_irqrestore(&n->lock, flags);
+	w->tp_node = n;
 	atomic_inc(&aem_sk_nwatch);
-	spin_unlock_irqrestore(&aem_sk_lock, flags);
+out:
+	mutex_unlock(&aem_sk_mutex);
+	return ret;
 }
 
 /* After it returns the probe no longer touches @w. */
 static void aem_sk_unwatch(struct aem_sock *w)
 {
+	struct aem_sk_node *n = w->tp_node;
 	unsigned long flags;
 
-	spin_lock_irqsave(&aem_sk_lock, flags);
-	hash_del(&w->tp_node);
+	mutex_lock(&aem_sk_mutex);
+	spin_lock_irqsave(&n->lock, flags);
+	list_del(&w->tp_link);
+	spin_unlock_irqrestore(&n->lock, flags);
+	if (!--n->nwatch) {
+		rhashtable_remove_fast(&aem_sk_table, &n->hnode, aem_sk_params);
+		kfree_rcu(n, rcu);	/* a probe may still look at it */
+	}
 	atomic_dec(&aem_sk_nwatch);
-	spin_unlock_irqrestore(&aem_sk_lock, flags);
+	mutex_unlock(&aem_sk_mutex);
+	w->tp_node = NULL;
 }
 
 static int aem_sock_wake(struct wait_queue_entry *wait, unsigned int mode,
@@ -301,6 +421,19 @@ static bool aem_sock_is_tcp(struct sock *sk)
 	       sk->sk_type == SOCK_STREAM && sk->sk_protocol == IPPROTO_TCP;
 }
 
+/*
+ * Listeners ACCEPT serves: those whose children hold a reference on
+ * their network namespace (see the top of the file). Not SCTP, TIPC,
+ * MPTCP, SMC, vsock...: -EOPNOTSUPP.
+ */
+static bool aem_sock_accept_ok(struct sock *sk)
+{
+	if (aem_sock_is_tcp(sk))
+		return sk->sk_net_refcnt;	/* copied to the child */
+	return sk->sk_family == AF_UNIX &&
+	       (sk->sk_type == SOCK_STREAM || sk->sk_type == SOCK_SEQPACKET);
+}
+
 static int aem_sock_check_arg(struct aem_sock *w, u32 flags, u32 events)
 {
 	struct sock *sk = w->sock->sk;
@@ -313,7 +446,8 @@ static int aem_sock_check_arg(struct aem_sock *w, u32 flags, u32 events)
 	case AEM_EV_ACCEPT:
 		if (events)
 			return -EINVAL;
-		/* A listening stream socket (TCP or unix). */
+		if (!aem_sock_accept_ok(sk))
+			return -EOPNOTSUPP;
 		if (READ_ONCE(sk->sk_state) != TCP_LISTEN ||
 		    !w->sock->ops->accept)
 			return -EINVAL;
@@ -366,6 +500,7 @@ static int aem_sock_setup(struct aem_event *reg, const union aem_reg_arg *arg)
 	w->acc_fd = -1;
 	mutex_init(&w->read_lock);
 	INIT_WORK(&w->read_work, aem_sock_read_fn);
+	INIT_LIST_HEAD(&w->tp_link);
 	w->file = fget(arg->sock.fd);
 	if (!w->file)
 		return -EBADF;
@@ -376,19 +511,31 @@ static int aem_sock_setup(struct aem_event *reg, const union aem_reg_arg *arg)
 	ret = aem_sock_check_arg(w, aem_reg_flags(reg), arg->sock.events);
 	if (ret)
 		goto out_put;
+	/*
+	 * All the wake function, the read job and the probe use, before the
+	 * entry is hooked: a wakeup may queue the job during vfs_poll().
+	 */
+	if (w->type == AEM_EV_READ)
+		w->cred = get_current_cred();
+	if (w->type == AEM_EV_SK && aem_sk_tp) {
+		ret = aem_sk_watch(w);
+		if (ret)
+			goto out_cred;
+	}
 	init_poll_funcptr(&w->pt, aem_sock_queue_proc);
 	w->pt._key = w->mask;
 	revents = vfs_poll(w->file, &w->pt);
-	if (w->error || !w->head) {
-		ret = w->error ? w->error : -EPERM;
-		aem_sock_unhook(w);
-		goto out_put;
-	}
+	ret = w->error;
+	if (!ret && !w->head)
+		ret = -EPERM;
+	/* Fault injection: the window after hooking, while wakeups come. */
+	if (!ret && aem_should_fail(&aem_sock_fail_setup))
+		ret = -ENOMEM;
+	if (ret)
+		goto out_unhook;
 	aem_reg_set_fd(reg, arg->sock.fd);
-	if (w->type == AEM_EV_READ)
-		w->cred = get_current_cred();
-	if (w->type == AEM_EV_SK && aem_sk_tp)
-		aem_sk_watch(w);
+	/* Pairs with the acquire in aem_sock_read_fn(). */
+	smp_store_release(&w->live, true);
 	if (w->type == AEM_EV_SOCK) {
 		revents &= READ_ONCE(w->mask);
 		if (revents)
@@ -400,7 +547,24 @@ static int aem_sock_setup(struct aem_event *reg, const union aem_reg_arg *arg)
 	}
 	return 0;
 
+out_unhook:
+	/*
+	 * The core frees @reg when we return: nothing of ours may run on it
+	 * after. Unhooked, nothing queues the job again; it did nothing
+	 * (not @live), but it may still be running or queued.
+	 */
+	aem_sock_unhook(w);
+	if (w->type == AEM_EV_READ)
+		cancel_work_sync(&w->read_work);
+	if (w->tp_node)
+		aem_sk_unwatch(w);
+	if (atomic_read(&w->arrivals))
+		atomic_inc(&aem_sock_setup_woken);
+out_cred:
+	if (w->cred)
+		put_cred(w->cred);
 out_put:
+	mutex_destroy(&w->read_lock);
 	fput(w->file);
 	return ret;
 }
@@ -429,7 +593,7 @@ static void aem_sock_teardown(struct aem_event *reg)
 {
 	struct aem_sock *w = aem_reg_priv(reg);
 
-	if (w->tp_sk)
+	if (w->tp_node)
 		aem_sk_unwatch(w);
 	aem_sock_unhook(w);
 	if (w->type == AEM_EV_READ) {
@@ -452,7 +616,12 @@ static int aem_sock_accept_fd(struct aem_sock *w)
 
 	if (aem_should_fail(&aem_sock_fail_accept))
 		return -ENOMEM;
-	fd = get_unused_fd_flags(0);
+	/*
+	 * Close-on-exec, as accept4(SOCK_CLOEXEC): the fd appears without
+	 * the application asking for it, so an exec() must not leak it. A
+	 * PROCESS executor forks (the child keeps it) and does not exec.
+	 */
+	fd = get_unused_fd_flags(O_CLOEXEC);
 	if (fd < 0)
 		return fd;
 	ret = kernel_accept(w->sock, &newsock, O_NONBLOCK);
@@ -540,7 +709,9 @@ static void aem_sock_read_one(struct aem_sock *w)
 	want = aem_sock_inq(w->sock);
 	if (!want)
 		want = AEM_SOCK_READ_DEFAULT;	/* or end of file, or error */
-	want = min_t(size_t, want, AEM_SOCK_READ_MAX);
+	/* A chunk never needs more than the whole arena: the rest waits. */
+	want = min3(want, (size_t)AEM_SOCK_READ_MAX,
+		    aem_reg_arena_size(w->reg));
 	buf = ERR_PTR(-ENOMEM);
 	if (!aem_should_fail(&aem_sock_fail_read))
 		buf = aem_arena_alloc(w->reg, want, &off, true);
@@ -566,9 +737,14 @@ static void aem_sock_read_one(struct aem_sock *w)
 		aem_activate_data(w->reg, 0, 0, (u64)(s64)n);
 		return;
 	}
-	if (!n)
+	if (!n) {
 		w->done = true;
-	aem_activate_data(w->reg, n, n ? off : 0, 0);
+		aem_activate_data(w->reg, 0, 0, 0);
+		return;
+	}
+	/* User space may free it from now on: we no longer touch it. */
+	aem_arena_publish(w->reg, off);
+	aem_activate_data(w->reg, n, off, 0);
 }
 
 /* In the owner's context: after each delivery, and when room came back. */
@@ -587,8 +763,12 @@ static void aem_sock_recheck_read(struct aem_sock *w)
 static void aem_sock_read_fn(struct work_struct *work)
 {
 	struct aem_sock *w = container_of(work, struct aem_sock, read_work);
-	const struct cred *old = override_creds(w->cred);
+	const struct cred *old;
 
+	/* Queued during setup(): its first check reads instead. */
+	if (!smp_load_acquire(&w->live))
+		return;
+	old = override_creds(w->cred);
 	mutex_lock(&w->read_lock);
 	aem_sock_read_one(w);
 	mutex_unlock(&w->read_lock);
@@ -614,7 +794,7 @@ static void aem_sock_recheck_sk(struct aem_sock *w)
 
 	if (!aem_reg_idle(w->reg))
 		return;		/* one transition per delivery */
-	if (w->tp_sk) {
+	if (w->tp_node) {
 		/* Exact transitions, in order; skip those filtered out. */
 		while (aem_sk_pop(w, &old, &now)) {
 			w->tcp_state = now;
@@ -726,9 +906,13 @@ static int __init aem_sock_init(void)
 {
 	int i, ret;
 
+	ret = rhashtable_init(&aem_sk_table, &aem_sk_params);
+	if (ret)
+		return ret;
+	ret = -ENOMEM;
 	aem_sock_wq = alloc_workqueue("aem_sock", WQ_HIGHPRI, 0);
 	if (!aem_sock_wq)
-		return -ENOMEM;
+		goto out_table;
 	for_each_kernel_tracepoint(aem_sk_find_tp, NULL);
 	if (aem_sk_tp && tracepoint_probe_register(aem_sk_tp, aem_sk_probe,
 						   NULL)) {
@@ -747,6 +931,9 @@ static int __init aem_sock_init(void)
 	aem_sock_debugfs = debugfs_create_dir("aem_sock", NULL);
 	aem_fault_debugfs(aem_sock_debugfs, &aem_sock_fail_accept);
 	aem_fault_debugfs(aem_sock_debugfs, &aem_sock_fail_read);
+	aem_fault_debugfs(aem_sock_debugfs, &aem_sock_fail_setup);
+	debugfs_create_atomic_t("setup_woken", 0400, aem_sock_debugfs,
+				&aem_sock_setup_woken);
 	debugfs_create_u32("sk_tracepoint", 0400, aem_sock_debugfs,
 			   &aem_sk_tp_on);
 	return 0;
@@ -757,6 +944,8 @@ out_tp:
 		tracepoint_synchronize_unregister();
 	}
 	destroy_workqueue(aem_sock_wq);
+out_table:
+	rhashtable_destroy(&aem_sk_table);
 	return ret;
 }
 
@@ -770,6 +959,8 @@ static void __exit aem_sock_exit(void)
 		tracepoint_synchronize_unregister();
 	}
 	destroy_workqueue(aem_sock_wq);
+	/* Empty: every node went with its last registration. */
+	rhashtable_destroy(&aem_sk_table);
 }
 
 module_init(aem_sock_init);

@@ -40,6 +40,7 @@
 static const struct aem_test *tests[AEM_MAX_TESTS];
 static unsigned int ntests;
 static char *diag;	/* shared with the test's child */
+static char *skipped;	/* likewise: why the test skipped itself */
 
 void aem_test_add(const struct aem_test *t)
 {
@@ -65,6 +66,19 @@ void aem_fail(const char *fmt, ...)
 bool aem_failed(void)
 {
 	return diag[0];
+}
+
+void aem_skip(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(skipped, AEM_DIAG, fmt, ap);
+	va_end(ap);
+	if (!skipped[0])
+		strcpy(skipped, "skipped");
+	fflush(stdout);
+	_exit(diag[0] ? 1 : 0);
 }
 
 void aem_drop_root(void)
@@ -158,6 +172,7 @@ static int run_one(const struct aem_test *t, unsigned int no)
 		if (aem_read_file(t->save[i], saved[i], sizeof(saved[i])))
 			saved[i][0] = 0;
 	memset(diag, 0, AEM_DIAG);
+	memset(skipped, 0, AEM_DIAG);
 	log_bracket("begin", t->name);
 	fflush(stdout);
 	pid = fork();
@@ -194,6 +209,8 @@ static int run_one(const struct aem_test *t, unsigned int no)
 	log_bracket("end", t->name);
 	if (failed)
 		printf("# %s: %s\nnot ok %u %s\n", t->name, diag, no, t->name);
+	else if (skipped[0])
+		printf("ok %u %s # SKIP %s\n", no, t->name, skipped);
 	else
 		printf("ok %u %s\n", no, t->name);
 	fflush(stdout);
@@ -224,12 +241,13 @@ int main(int argc, char **argv)
 			       tests[i]->root ? " root" : "");
 		return 0;
 	}
-	diag = mmap(NULL, AEM_DIAG, PROT_READ | PROT_WRITE,
+	diag = mmap(NULL, 2 * AEM_DIAG, PROT_READ | PROT_WRITE,
 		    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	if (diag == MAP_FAILED) {
 		perror("mmap");
 		return 2;
 	}
+	skipped = diag + AEM_DIAG;
 	for (i = 0; i < ntests; i++)
 		n += selected(tests[i]->name, argc, argv);
 	printf("KTAP version 1\n1..%u\n", n);

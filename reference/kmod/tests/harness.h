@@ -70,6 +70,12 @@ void aem_test_add(const struct aem_test *t);
 /* Record the first failure of the running test (printf format). */
 void aem_fail(const char *fmt, ...) __printf(1, 2);
 bool aem_failed(void);
+/*
+ * End the running test as skipped, with the reason (what it could not
+ * check, and why): a prerequisite found missing only at run time. A test
+ * that failed a CHECK before still fails.
+ */
+void aem_skip(const char *fmt, ...) __printf(1, 2) __attribute__((noreturn));
 
 #define CHECK(cond, ...) do {						\
 	if (!(cond)) {							\

@@ -152,8 +152,10 @@ struct aem_fd_arg {		/* AEM_EV_FD */
  *   ACCEPT       value: the accepted connection's fd, installed in the
  *                owner's fd table (O_CLOEXEC, like accept4(SOCK_CLOEXEC);
  *                blocking), one per delivery. Only on TCP listeners
- *                (AF_INET/AF_INET6, IPPROTO_TCP) and AF_UNIX stream and
- *                seqpacket ones: -EOPNOTSUPP for any other. The kernel's
+ *                (AF_INET/AF_INET6, IPPROTO_TCP; not MPTCP) and AF_UNIX
+ *                stream and seqpacket ones: -EOPNOTSUPP for any other
+ *                (their accepted sockets may not hold their network
+ *                namespace). The kernel's
  *                LSM socket_accept hook is not called (not reachable
  *                from a module): see reference/kmod/README.md.
  *   READ         value: bytes read (0: end of file, delivered once);
@@ -163,7 +165,9 @@ struct aem_fd_arg {		/* AEM_EV_FD */
  *                Needs an arena (AEM_IOC_ARENA_SETUP) at registration.
  *   CLOSE        value: the poll bits that said so (EPOLLRDHUP, EPOLLHUP):
  *                the connection was closed (peer or own shutdown); once
- *   SK           value: the new TCP state; data[0]: the previous one
+ *   SK           value: the new TCP state; data[0]: the previous one. At
+ *                most 64 SK registrations per socket, all contexts
+ *                together: -ENOSPC beyond
  *   SOCK         value: poll bits, OR-ed; count: wakeups merged
  */
 struct aem_sock_arg {
