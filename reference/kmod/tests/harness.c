@@ -23,6 +23,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -90,6 +91,8 @@ void aem_drop_root(void)
 		aem_fail("cannot drop to uid %d: %s", AEM_TEST_UID, strerror(errno));
 		_exit(1);
 	}
+	/* A uid change makes /proc/self root's; the test needs its fail-nth. */
+	prctl(PR_SET_DUMPABLE, 1);
 }
 
 static void log_bracket(const char *what, const char *name)
