@@ -11,17 +11,21 @@ unit-tested in ``ci/tests/test_certify.py``.
 3. **build**    the AEM modules for that kernel (``build/certify/kmod/<release>-<hash>/``), the
                 conformance suite and the stress programs.
 4. **execute**  on the target (:mod:`cglcert.targets`): load the modules, run the suite with
-                a kernel-log marker around every test, the stress pass, unload the modules.
+                a kernel-log marker around every test, the stress pass, unload the modules;
+                on the debug kernel (:mod:`cglcert.debugkernel`) also the modules' KTAP
+                programs before the unload and kmemleak scans (before and after it).
 5. **judge**    ``results.json``: the suite's outcomes; a splat during a test fails that
                 test; a splat outside tests, an unacceptable taint or a failed unload blocks
                 the verdict; stress thresholds (the catalog's) become tests of their
                 requirement; a boot failure, a module that does not load or a harness fault
-                is ERROR, never a kernel FAIL.
+                is ERROR, never a kernel FAIL; a KTAP program that fails (or splats) and a
+                memory leak kmemleak reports block the verdict.
 6. **report**   HTML, Markdown, JUnit, KTAP and KCIDB into ``RUN/report/``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -56,6 +60,15 @@ STRESS_TIMEOUT = {"quick": 600, "default": 1500, "full": 7200}
 CYCLICTEST_SECONDS = {"quick": 5, "default": 15, "full": 60}
 #: Marker names (``aem-test: begin NAME``) the script puts around its non-gtest phases.
 PHASE_STRESS, PHASE_UNLOAD = "cglcert.stress", "cglcert.unload"
+PHASE_KMEMLEAK = "cglcert.kmemleak"
+#: A KTAP program runs between ``aem-test: begin ktap.PROG`` and ``... end ktap.PROG``.
+KTAP_PREFIX = "ktap."
+#: Seconds each KTAP program may take on the target (times Plan.timeout_factor).
+KTAP_TIMEOUT = 900
+#: Seconds kmemleak waits before it reports an object (its jiffies_min_age), plus margin:
+#: the pause between the two scans of each leak check.
+KMEMLEAK_PAUSE = 6
+KMEMLEAK = "/sys/kernel/debug/kmemleak"
 SUITE_BINARY = "aem_conformance"
 #: The requirements whose thresholds each stress program measures.
 STRESS_FEEDS = {"aem_stress_delivery": ("AEM-3.5.1",), "aem_stress_atomicity": ("AEM-3.6.2",),
@@ -86,14 +99,41 @@ class Plan:
     target_url: str = ""        #: ssh target: ssh://[user@]host[:port]
     ssh_options: list[str] = field(default_factory=list)  #: ssh target: ``-o`` options
     python: str = sys.executable
+    #: Every timeout is multiplied by this (the debug kernel under TCG is 2-5 times slower).
+    timeout_factor: float = 1.0
+    #: KTAP programs run after the stress pass, modules loaded (the debug kernel, kmod).
+    ktap: list[Path] = field(default_factory=list)
+    #: Scan for memory leaks (the kernel has kmemleak): before the suite (the baseline),
+    #: before the unload and after it.
+    kmemleak: bool = False
+
+    def scaled(self, seconds: float) -> int:
+        """*seconds* of a Debian kernel, for this kernel."""
+        return int(round(seconds * self.timeout_factor))
 
     @property
     def suite_timeout(self) -> int:
-        return SUITE_TIMEOUT[self.profile]
+        return self.scaled(SUITE_TIMEOUT[self.profile])
 
     @property
     def stress_timeout(self) -> int:
-        return STRESS_TIMEOUT[self.profile]
+        return self.scaled(STRESS_TIMEOUT[self.profile])
+
+    @property
+    def ktap_timeout(self) -> int:
+        """Seconds the KTAP phase may take in all."""
+        return self.scaled(KTAP_TIMEOUT) * len(self.ktap)
+
+    @property
+    def kmemleak_timeout(self) -> int:
+        """Seconds the leak scans may take in all (each scan walks the whole memory)."""
+        return self.scaled(300) if self.kmemleak else 0
+
+    @property
+    def target_timeout(self) -> int:
+        """Seconds the whole script may take on the target."""
+        return (self.suite_timeout + (self.stress_timeout if self.stress else 0)
+                + self.ktap_timeout + self.kmemleak_timeout + self.scaled(120))
 
 
 @dataclass
@@ -215,6 +255,23 @@ def build_modules(repo: Path, kernel_build: Path, out: Path) -> list[Path]:
     return mods
 
 
+#: The KTAP programs of reference/kmod/tests, in the order they run (those built).
+KTAP_PROGRAMS = ("aem_test", "aem_ktests")
+
+
+def build_ktap(repo: Path) -> list[Path]:
+    """Build the modules' KTAP programs (``make -C reference/kmod tests``: static, user
+    space); return those that exist, in :data:`KTAP_PROGRAMS` order."""
+    _check(["make", "-s", "-C", str(repo / "reference" / "kmod"), "tests"],
+           "building the KTAP programs of reference/kmod/tests")
+    progs = [repo / "reference" / "kmod" / "tests" / p for p in KTAP_PROGRAMS]
+    found = [p for p in progs if p.is_file()]
+    if not found:
+        raise InfraError("make -C reference/kmod tests built none of "
+                         + ", ".join(KTAP_PROGRAMS))
+    return found
+
+
 def build_suite(repo: Path, build_dir: Path) -> Path:
     """Configure (once) and build ``aem_conformance``; return the binary."""
     if not (build_dir / "CMakeCache.txt").exists():
@@ -309,7 +366,7 @@ def collect_stress(plan: Plan, requirements: Sequence[Requirement],
         err = base.with_suffix(".err")
         tail = err.read_text(errors="replace").strip().splitlines()[-10:] if err.exists() else []
         if rc in (124, 137):
-            tail.append(f"timed out after {_budget} s")
+            tail.append(f"timed out after {plan.scaled(_budget)} s")
         runs.append({"program": prog, "argv": argv, "exit_code": -1 if rc is None else rc,
                      "elapsed_s": round(took, 3), "output": output, "stderr_tail": tail})
     cyclic = {phase: cyclictest_summary(sdir / f"cyclictest-{phase}.json")
@@ -333,8 +390,10 @@ def target_script(plan: Plan, art: Artifacts) -> str:
 
     It needs nothing but a POSIX shell and coreutils on the target (no Python), and writes
     into the run directory: ``gtest.xml``, ``suite.log`` and ``suite.rc``; per stress
-    program ``stress/NN-PROG.{json,err,rc,start,end}``; ``unload.log`` and ``unload.rc``.
-    Each phase runs even when the one before failed: the judgement needs them all.
+    program ``stress/NN-PROG.{json,err,rc,start,end}``; per KTAP program
+    ``ktap/PROG.{tap,rc}``; ``unload.log`` and ``unload.rc``; with kmemleak
+    ``kmemleak-{baseline,loaded,unloaded}.{txt,rc}``. Each phase runs even when the one
+    before failed: the judgement needs them all.
     """
     q = shlex.quote
     run = plan.run_dir
@@ -345,6 +404,20 @@ def target_script(plan: Plan, art: Artifacts) -> str:
         f"cd {q(str(plan.repo))}",
         f"export AEM_BACKEND={q(plan.backend)} AEM_KMSG_MARKERS=1",
         'mark() { echo "<5>aem-test: $1 $2" > /dev/kmsg 2>/dev/null || :; }',
+    ]
+    if plan.kmemleak:
+        lines += [
+            "# kmemleak reports an object found unreferenced, unchanged, in two scans: scan",
+            "# twice, a pause apart, and keep the report (judged on the host)",
+            "leakcheck() {",
+            f'  {{ echo scan > {KMEMLEAK} && sleep {KMEMLEAK_PAUSE} && echo scan > {KMEMLEAK} '
+            f'&& cat {KMEMLEAK} > "$R/kmemleak-$1.txt"; }} 2> "$R/kmemleak-$1.err"',
+            '  echo $? > "$R/kmemleak-$1.rc"',
+            "}",
+            "# 0. the leaks already there (boot): not the run's",
+            "leakcheck baseline",
+        ]
+    lines += [
         "# 1. the conformance suite (it writes its own per-test markers)",
         f"timeout -k 10 {plan.suite_timeout} {q(str(art.suite))} "
         '--gtest_output=xml:"$R/gtest.xml" --gtest_color=no > "$R/suite.log" 2>&1',
@@ -373,22 +446,43 @@ def target_script(plan: Plan, art: Artifacts) -> str:
             lines += [
                 f"if {cond}; then",
                 f"  date +%s.%N > {base}.start\"",
-                f"  timeout -k 10 {budget} {path} {shlex.join(argv)} > {base}.json\" "
+                f"  timeout -k 10 {plan.scaled(budget)} {path} {shlex.join(argv)} > {base}.json\" "
                 f"2> {base}.err\"",
                 f"  echo $? > {base}.rc\"",
                 f"  date +%s.%N > {base}.end\"",
                 "fi",
             ]
         lines.append(f"mark end {PHASE_STRESS}")
-    if plan.backend == "kmod" and art.modules:
+    kmod = plan.backend == "kmod" and bool(art.modules)
+    if kmod and plan.ktap:
+        lines += ["# 3. the modules' own KTAP programs (output judged on the host)",
+                  'mkdir -p "$R/ktap"']
+        for prog in plan.ktap:
+            name, path = prog.name, q(str(prog))
+            lines += [
+                f"if [ -x {path} ]; then",
+                f"  mark begin {KTAP_PREFIX}{name}",
+                f'  timeout -k 10 {plan.scaled(KTAP_TIMEOUT)} {path} > "$R/ktap/{name}.tap" 2>&1',
+                f'  echo $? > "$R/ktap/{name}.rc"',
+                f"  mark end {KTAP_PREFIX}{name}",
+                "fi",
+            ]
+    if kmod and plan.kmemleak:
+        lines += ["# leaks with the modules loaded (their frames are named in the report)",
+                  f"mark begin {PHASE_KMEMLEAK}", "leakcheck loaded", f"mark end {PHASE_KMEMLEAK}"]
+    if kmod:
         names = " ".join(q(m.stem) for m in reversed(art.modules))
         lines += [
-            "# 3. unload: fails when a context or registration was left behind",
+            "# 4. unload: fails when a context or registration was left behind",
             f"mark begin {PHASE_UNLOAD}",
             f'rmmod {names} > "$R/unload.log" 2>&1',
             'echo $? > "$R/unload.rc"',
             f"mark end {PHASE_UNLOAD}",
         ]
+    if plan.kmemleak:
+        lines += ["# 5. leaks after the unload (what the modules' exit did not free)",
+                  f"mark begin {PHASE_KMEMLEAK}", "leakcheck unloaded",
+                  f"mark end {PHASE_KMEMLEAK}"]
     lines.append("exit 0")
     return "\n".join(lines) + "\n"
 
@@ -501,6 +595,175 @@ def apply_kernel_health(tests: list[res.TestResult], findings: Sequence[kmsg.Fin
     return out, rest
 
 
+_KTAP_LINE = re.compile(r"^(?P<not>not )?ok (?P<n>\d+)(?: -)? (?P<name>[^#]*?)\s*"
+                        r"(?:#\s*(?P<directive>\w+)\b\s*(?P<why>.*))?$")
+_KTAP_PLAN = re.compile(r"^1\.\.(\d+)")
+
+
+def parse_ktap(text: str) -> dict[str, Any]:
+    """The top level of a KTAP document: ``{"planned": N or None, "cases": [{number, name,
+    outcome (PASS, FAIL or SKIP), reason}]}``; indented subtest lines are not counted."""
+    cases: list[dict[str, Any]] = []
+    planned = None
+    for line in text.splitlines():
+        if line[:1].isspace():
+            continue
+        pm = _KTAP_PLAN.match(line)
+        if pm and planned is None:
+            planned = int(pm[1])
+            continue
+        m = _KTAP_LINE.match(line.rstrip())
+        if not m:
+            continue
+        directive = (m["directive"] or "").upper()
+        if m["not"] and directive != "TODO":
+            outcome = res.FAIL
+        elif directive == "SKIP":
+            outcome = res.SKIP
+        else:
+            outcome = res.PASS
+        cases.append({"number": int(m["n"]), "name": m["name"].strip(), "outcome": outcome,
+                      "reason": (m["why"] or "").strip()})
+    return {"planned": planned, "cases": cases}
+
+
+def ktap_results(run_dir: Path, programs: Sequence[str], *, ran: bool = True,
+                 ) -> tuple[list[res.TestResult], list[dict[str, Any]]]:
+    """One test per KTAP program (``ktap.PROG``) from ``RUN/ktap/PROG.{tap,rc}``, and the
+    per-program summary for results.json. *ran*: False when the target broke before the
+    phase (the programs are then ERROR)."""
+    tests: list[res.TestResult] = []
+    summary: list[dict[str, Any]] = []
+    for prog in programs:
+        name = f"{KTAP_PREFIX}{prog}"
+        tap = run_dir / "ktap" / f"{prog}.tap"
+        rc = read_int(run_dir / "ktap" / f"{prog}.rc")
+        doc = parse_ktap(tap.read_text(errors="replace")) if tap.exists() else \
+            {"planned": None, "cases": []}
+        cases = doc["cases"]
+        count = {o: sum(1 for c in cases if c["outcome"] == o) for o in (res.PASS, res.FAIL,
+                                                                       res.SKIP)}
+        failed = [c["name"] for c in cases if c["outcome"] == res.FAIL]
+        info = {"program": prog, "exit_code": rc, "planned": doc["planned"],
+                "ok": count[res.PASS], "not_ok": count[res.FAIL], "skip": count[res.SKIP],
+                "failed": failed, "cases": [c["name"] for c in cases], "output": str(tap)}
+        summary.append(info)
+        meas = {"ok": str(count[res.PASS]), "not_ok": str(count[res.FAIL]),
+                "skip": str(count[res.SKIP])}
+        if rc is None:
+            why = ("did not run: " + ("the program was not built" if ran else
+                                      "the run ended before the KTAP phase"))
+            tests.append(res.TestResult(name, res.ERROR, why, (), meas))
+        elif failed:
+            tests.append(res.TestResult(name, res.FAIL, f"{len(failed)} not ok: "
+                                        + ", ".join(failed[:20]), (), meas))
+        elif rc in (124, 137):
+            tests.append(res.TestResult(name, res.ERROR, f"timed out after {len(cases)} "
+                                        "test(s)", (), meas))
+        elif rc != 0 or not cases or (doc["planned"] is not None
+                                       and len(cases) < doc["planned"]):
+            tests.append(res.TestResult(
+                name, res.ERROR, f"exited with status {rc} after {len(cases)} of "
+                f"{doc['planned'] if doc['planned'] is not None else '?'} test(s)", (), meas))
+        else:
+            tests.append(res.TestResult(name, res.PASS, "", (), meas))
+    return tests, summary
+
+
+_LEAK_HEAD = re.compile(r"^unreferenced object (?P<addr>0x[0-9a-f]+) \(size (?P<size>\d+)\):")
+_LEAK_COMM = re.compile(r'^\s*comm "(?P<comm>[^"]*)", pid (?P<pid>\d+)')
+# "[<ffffffffc0123456>] aem_reg_alloc+0x5c/0x120 [aem]"; the address may be hashed away
+# ("[<(____ptrval____)>]") when the kernel has no entropy yet (a guest under TCG).
+_LEAK_FRAME = re.compile(r"^\s*\[<[^>]*>\] (?P<frame>\S+(?: \[\w+\])?)")
+_AEM_FRAME = re.compile(r"\[aem\w*\]$")
+
+
+def parse_kmemleak(text: str) -> list[dict[str, Any]]:
+    """The objects of a ``/sys/kernel/debug/kmemleak`` report: address, size, comm, pid,
+    backtrace frames, the report's lines, and ``aem``: a frame is an AEM module's."""
+    out: list[dict[str, Any]] = []
+    for line in text.splitlines():
+        m = _LEAK_HEAD.match(line.strip())
+        if m:
+            out.append({"address": m["addr"], "size": int(m["size"]), "comm": None, "pid": None,
+                        "backtrace": [], "lines": [line.strip()], "aem": False})
+            continue
+        if not out:
+            continue
+        obj = out[-1]
+        obj["lines"].append(line.rstrip())
+        if (c := _LEAK_COMM.match(line)) and obj["comm"] is None:
+            obj["comm"], obj["pid"] = c["comm"], int(c["pid"])
+        elif f := _LEAK_FRAME.match(line):
+            obj["backtrace"].append(f["frame"])
+            obj["aem"] = obj["aem"] or bool(_AEM_FRAME.search(f["frame"]))
+    return out
+
+
+_ALLOC_FRAMES = re.compile(r"^(?:kmemleak_|__?kmalloc|kmalloc|kmem_cache_alloc|slab_|"
+                           r"__?kvmalloc|kvmalloc|__?vmalloc|vmalloc|__alloc_pages|alloc_pages|"
+                           r"__?kzalloc|kzalloc|kmalloc_trace|__kmem_cache_alloc|krealloc|"
+                           r"kmemdup|kstrdup|pcpu_|__alloc_percpu|alloc_percpu)")
+
+
+def _leak_origin(obj: Mapping[str, Any]) -> str:
+    """The frame that names a leak: the first AEM frame, else the first that is not the
+    allocator's."""
+    frames = list(obj.get("backtrace") or [])
+    for f in frames:
+        if _AEM_FRAME.search(f):
+            return f
+    return next((f for f in frames if not _ALLOC_FRAMES.match(f)), frames[0] if frames else "?")
+
+
+def kmemleak_check(run_dir: Path, wanted: bool, ran: bool = True,
+                   ) -> tuple[list[kmsg.Finding], dict[str, Any] | None]:
+    """The leaks the run's kmemleak scans found (RUN/kmemleak-*.txt) as findings of the
+    kmemleak phase, and the summary for results.json (None when not *wanted*).
+
+    A leak is an object reported after the run (with the modules loaded, or after their
+    unload) that the baseline scan (before the suite) did not report; an object of the
+    baseline counts too when one of its frames is an AEM module's (leaked at load).
+    """
+    if not wanted:
+        return [], None
+    reports: dict[str, list[dict[str, Any]]] = {}
+    problems: list[str] = []
+    for phase in ("baseline", "loaded", "unloaded"):
+        txt, rc = run_dir / f"kmemleak-{phase}.txt", read_int(run_dir / f"kmemleak-{phase}.rc")
+        if rc is None and not txt.exists():
+            continue
+        if rc != 0:
+            err = run_dir / f"kmemleak-{phase}.err"
+            why = err.read_text(errors="replace").strip() if err.exists() else ""
+            problems.append(f"the {phase} scan failed (status {rc}): "
+                            f"{_first_line(why, 200) or 'kmemleak is off or disabled itself'}")
+            continue
+        reports[phase] = parse_kmemleak(txt.read_text(errors="replace"))
+    baseline = {o["address"] for o in reports.get("baseline", []) if not o["aem"]}
+    leaks: dict[str, dict[str, Any]] = {}
+    for phase in ("baseline", "loaded", "unloaded"):
+        for o in reports.get(phase, []):
+            if o["address"] not in baseline and o["address"] not in leaks:
+                leaks[o["address"]] = {**o, "phase": phase}
+    after = [p for p in ("loaded", "unloaded") if p in reports]
+    if ran and not after and not problems:
+        problems.append("no leak scan ran after the suite")
+    findings = []
+    for o in leaks.values():
+        comm = f", comm {o['comm']}" if o["comm"] else ""
+        msg = (f"{o['lines'][0].rstrip(':')} from {_leak_origin(o)}{comm} "
+               f"(scan {o['phase']})")
+        findings.append(kmsg.Finding(kind="kmemleak", message=msg, lineno=0,
+                                     test=PHASE_KMEMLEAK, context=tuple(o["lines"][1:40])))
+    summary = {"scans": sorted(reports, key=("baseline", "loaded", "unloaded").index),
+               "baseline_objects": len(reports.get("baseline", [])), "leaks": len(leaks),
+               "aem_leaks": sum(1 for o in leaks.values() if o["aem"]),
+               "problems": problems,
+               "files": [f"kmemleak-{p}.txt" for p in reports]}
+    return findings, summary
+
+
 def hung_test(kernel_log: str) -> str | None:
     """The test whose begin marker has no end marker (the one running at a hang/panic)."""
     current = None
@@ -511,8 +774,14 @@ def hung_test(kernel_log: str) -> str | None:
 
 def judge(requirements: Sequence[Requirement], expected: Mapping[str, Sequence[str]],
           run_dir: Path, execution: Execution, environment: Mapping[str, Any], *,
-          backend: str, stress_wanted: bool) -> dict[str, Any]:
-    """Build results.json from what the target left in *run_dir* and the kernel's health."""
+          backend: str, stress_wanted: bool, ktap: Sequence[str] = (),
+          kmemleak: bool = False) -> dict[str, Any]:
+    """Build results.json from what the target left in *run_dir* and the kernel's health.
+
+    *ktap*: the names of the KTAP programs the script ran (``ktap.PROG`` tests; one that
+    does not pass blocks the verdict); *kmemleak*: the script scanned for leaks (each leak
+    blocks the verdict).
+    """
     harness_error: str | None = None
     tests: list[res.TestResult] | None = None
     env = dict(environment)
@@ -545,18 +814,43 @@ def judge(requirements: Sequence[Requirement], expected: Mapping[str, Sequence[s
     elif harness_error is None:
         harness_error = ("the suite timed out on the target" if suite_rc in (124, 137) else
                          f"the suite left no gtest XML (exit status {suite_rc})")
+    ran = execution.error is None
+    ktap_tests, ktap_summary = ktap_results(run_dir, ktap, ran=ran) if ktap else ([], [])
+    # A KTAP program's own markers name its cases: a splat in one is the program's.
+    case_of = {c: f"{KTAP_PREFIX}{k['program']}" for k in ktap_summary for c in k["cases"]}
+    findings = [dataclasses.replace(f, test=case_of[f.test])
+                if f.test in case_of and f.test not in expected else f
+                for f in execution.findings]
+    leaks, leak_summary = kmemleak_check(run_dir, kmemleak, ran=ran)
+    findings += leaks
     if tests is not None:
-        tests, outside = apply_kernel_health(tests, execution.findings)
+        tests, outside = apply_kernel_health(tests + ktap_tests, findings)
+        ktap_tests = [t for t in tests if t.name.startswith(KTAP_PREFIX)]
     else:
-        outside = [f for f in execution.findings if f.test != running]
+        ktap_tests, outside = apply_kernel_health(ktap_tests, findings)
+        outside = [f for f in outside if f.test != running]
         if running and execution.error == "panic":
             reqs = tuple(expected.get(running, ()))
             tests = [res.TestResult(running, res.FAIL, "the kernel panicked during this test: "
                                     + _first_line(execution.detail, 300), reqs)]
+        if running and running.startswith(KTAP_PREFIX):
+            ktap_tests = [dataclasses.replace(t, outcome=res.FAIL, reason="the kernel panicked "
+                                              "during this program: "
+                                              + _first_line(execution.detail, 300))
+                          if t.name == running else t for t in ktap_tests]
+        if ktap_tests:
+            tests = (tests or []) + ktap_tests
     for f in outside:
         where = "during the stress pass" if f.test == PHASE_STRESS else \
-            "while unloading the modules" if f.test == PHASE_UNLOAD else "outside any test"
-        blockers.append(f"kernel {f.kind} {where}: {_first_line(f.message, 200)}")
+            "while unloading the modules" if f.test == PHASE_UNLOAD else \
+            "found by the leak scan" if f.test == PHASE_KMEMLEAK else "outside any test"
+        blockers.append(f"kernel {f.kind} {where}: {_first_line(f.message, 300)}")
+    for t in ktap_tests:
+        if t.outcome != res.PASS:
+            blockers.append(f"KTAP {t.name[len(KTAP_PREFIX):]}: {t.outcome}: "
+                            f"{_first_line(t.reason, 300)}")
+    for p in (leak_summary or {}).get("problems", []):
+        blockers.append(f"kmemleak: {p}")
     if execution.taint is not None and not execution.taint.ok:
         blockers.append(f"kernel tainted {execution.taint.letters} during the run: "
                         + "; ".join(execution.taint.reasons))
@@ -587,6 +881,11 @@ def judge(requirements: Sequence[Requirement], expected: Mapping[str, Sequence[s
         "taint": execution.taint.to_dict() if execution.taint else None,
         "blockers": blockers,
     }
+    if ktap:
+        results["health"]["ktap"] = ktap_summary
+    if leak_summary is not None:
+        results["health"]["kmemleak"] = leak_summary
+        results["health"]["findings"] += [f.to_dict() for f in leaks]
     if blockers:
         for v in results["verdict"].values():
             v["conformant"] = False

@@ -50,7 +50,7 @@ from pathlib import Path
 __all__ = [
     "Kernel", "KernelError", "BUILD_PACKAGES", "cache_root", "parse_release",
     "default_kernel", "resolve", "list_available", "list_cached", "fetch", "cached",
-    "module_deps", "module_load_order", "find_module", "vmlinux",
+    "module_deps", "module_load_order", "find_module", "vmlinux", "DEBUG_SPEC",
 ]
 
 #: Host packages needed to build out-of-tree modules against a cached kernel.
@@ -60,6 +60,9 @@ _RELEASE_RE = re.compile(r"^(?P<abi>\d+\.\d+\.\d+-\d+)-(?P<flavor>[a-z0-9][a-z0-
 _IMAGE_RE = re.compile(r"^linux-image-(\d+\.\d+\.\d+-\d+-[a-z0-9-]+)$")
 _NOT_FLAVORS = ("-dbg", "-unsigned")
 MANIFEST = "manifest.json"
+#: The ``--kernel`` value of the debug kernel: built from source by :mod:`cglcert.debugkernel`
+#: (``boot``, ``certify``), never fetched from the archive.
+DEBUG_SPEC = "debug"
 
 
 class KernelError(RuntimeError):
@@ -162,10 +165,16 @@ def resolve(spec: str | None = None, cache_dir: Path | str | None = None) -> str
     """Turn a user's kernel spec into a release.
 
     ``None``/``"default"`` -> :func:`default_kernel`; a bare flavor (``rt-amd64``)
-    -> that flavor's default; ``ABI-FLAVOR`` is returned as is.
+    -> that flavor's default; ``ABI-FLAVOR`` is returned as is. ``"debug"`` is not a
+    Debian kernel (:data:`DEBUG_SPEC`): the error says where it is taken.
     """
     if spec in (None, "", "default"):
         return default_kernel()
+    if spec == DEBUG_SPEC:
+        raise KernelError(
+            "'debug' is the debug kernel built from linux-source-6.1, not a kernel of the "
+            "archive: `cglcert kernels debug` builds it, `cglcert boot --kernel debug` and "
+            "`cglcert certify --kernel debug` take it")
     if _RELEASE_RE.match(spec):
         return spec
     if re.fullmatch(r"[a-z][a-z0-9-]*", spec):

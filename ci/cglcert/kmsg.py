@@ -1,7 +1,10 @@
 """Kernel-health oracle: find splats in kernel log text and decode the taint mask.
 
 A kernel WARN/BUG/oops/lockdep report/stall or an unacceptable taint during a
-test is a FAIL of that test (DESIGN.md section 6).  :func:`scan` works on any of
+test is a FAIL of that test (DESIGN.md section 6).  The reports of a debug kernel
+(KASAN, KFENCE, UBSAN, kmemleak, DEBUG_OBJECTS, DEBUG_LIST, hung-task and soft-lockup
+detectors) have their own kinds; DEBUG_ATOMIC_SLEEP's "BUG: sleeping function called
+from invalid context" is a ``bug``.  :func:`scan` works on any of
 the usual renderings of the kernel log:
 
 * ``dmesg``:           ``[   12.345678] WARNING: CPU: 1 PID: 42 at ...``
@@ -41,11 +44,18 @@ _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
         r"|lock held when returning to user space|nested lock was not taken"
         r"|bad contention detected|lockdep bfs error)"
         r"|possible circular locking dependency detected"
-        r"|-safe -> \w+-unsafe lock order detected")),
+        r"|-safe -> \w+-unsafe lock order detected"
+        r"|BUG: Invalid wait context")),
     ("kasan", re.compile(r"BUG: KASAN: |KASAN: \S+ in ")),
     ("kfence", re.compile(r"BUG: KFENCE: ")),
     ("kmsan", re.compile(r"BUG: KMSAN: ")),
     ("ubsan", re.compile(r"\bUBSAN: ")),
+    # kmemleak: the report of /sys/kernel/debug/kmemleak, or the log with kmemleak.verbose=1.
+    ("kmemleak", re.compile(r"unreferenced object 0x[0-9a-f]+ \(size \d+\)")),
+    # DEBUG_OBJECTS: "ODEBUG: free active (active state 0) object: ... object type: timer_list".
+    ("debugobjects", re.compile(r"\bODEBUG: \S+ .*\(active state \d+\)")),
+    # SLUB debugging (slub_debug=...): "BUG kmalloc-64 (Not tainted): Poison overwritten".
+    ("slub", re.compile(r"(?:^|\] )BUG [\w.:-]+ \((?:Not tainted|Tainted: [^)]*)\): ")),
     ("soft_lockup", re.compile(r"BUG: soft lockup - CPU#\d+ stuck")),
     ("hard_lockup", re.compile(r"Watchdog detected hard LOCKUP on cpu")),
     ("rcu_stall", re.compile(
@@ -53,7 +63,7 @@ _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
         r"|rcu_\w+ kthread (?:timer wakeup didn't happen|starved)")),
     ("hung_task", re.compile(r"INFO: task .+:\d+ blocked for more than \d+ seconds")),
     ("workqueue_lockup", re.compile(r"BUG: workqueue lockup")),
-    ("list_corruption", re.compile(r"\blist_(?:add|del)(?:_rcu)? corruption")),
+    ("list_corruption", re.compile(r"\blist_(?:add|del)(?:_rcu)? corruption|\blist_add double add")),
     ("refcount", re.compile(r"\brefcount_t: (?:underflow|overflow|saturated|addition on 0|decrement hit 0)")),
     ("bad_page", re.compile(r"BUG: Bad (?:page state|page map|rss-counter)")),
     ("gpf", re.compile(r"general protection fault")),
@@ -85,7 +95,7 @@ _MARKER_RE = re.compile(r"\baem-test: (?P<what>begin|end) (?P<name>\S+)")
 class Finding:
     """One splat in the kernel log."""
 
-    kind: str            #: panic, lockdep, kasan, ubsan, soft_lockup, rcu_stall, hung_task, bug, oops, gpf, warning, ...
+    kind: str            #: panic, lockdep, kasan, kfence, ubsan, kmemleak, soft_lockup, rcu_stall, hung_task, bug, oops, gpf, warning, ...
     message: str         #: the matching log message (timestamp stripped)
     lineno: int          #: 1-based line number in the scanned text
     test: str | None = None          #: test running when it was printed (markers)

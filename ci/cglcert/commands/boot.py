@@ -12,7 +12,7 @@ import json
 import sys
 from pathlib import Path
 
-from cglcert import ExitCode, InfraError, UsageError, hostdeps, kmsg, qemu
+from cglcert import ExitCode, InfraError, UsageError, debugkernel, hostdeps, kmsg, qemu
 from cglcert import kernels as kc
 
 DESCRIPTION = """\
@@ -27,6 +27,10 @@ directory, chrooted into the host root.  After CMD the kernel log is scanned
 for WARN/BUG/oops/lockdep/stall reports and the taint is decoded (O and E,
 our own unsigned out-of-tree modules, are accepted).
 
+--kernel debug boots the debug kernel (Debian's linux-source-6.1 with KASAN, KFENCE,
+lockdep, kmemleak, UBSAN, ...: built on first use, about 20 minutes, then cached; see
+'cglcert kernels debug'); its default timeouts are 4 times longer.
+
 Exit code: CMD's; 3 on an infrastructure error (boot failure, init failure,
 extra module not loadable, timeout, QEMU error); 1 when the kernel panicked,
 or (with --strict) when CMD exited 0 but the kernel log or taint is unhealthy.
@@ -36,7 +40,17 @@ Examples:
   cglcert boot --kernel 6.1.0-57-rt-amd64 --smp 4 -- sh -c 'cat /proc/cmdline; dmesg | tail'
   cglcert boot --module reference/kmod/aem.ko --timeout 120 -- build/dev/conformance/aem_tests
   cglcert boot --kernel 6.1.0-57-cloud-amd64 -- sh -c 'grep -i virtiofs /proc/mounts'
+  cglcert boot --kernel debug --strict -- sh -c 'cat /proc/lockdep_stats | grep debug_locks'
 """
+
+
+#: Default seconds CMD may run, and the guest may take to reach it (Debian's kernels).
+TIMEOUT, BOOT_TIMEOUT = 600.0, 120.0
+
+
+def log_to_stderr(message: str) -> None:
+    """Progress of a debug kernel build."""
+    print(f"cglcert: debug kernel: {message}", file=sys.stderr, flush=True)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,13 +60,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kernel", default=None, metavar="ABI-FLAVOR",
                    help="release (6.1.0-57-amd64), flavor (rt-amd64) or 'default' "
-                        "(fetched into the cache if needed)")
+                        "(fetched into the cache if needed), or 'debug' (the debug kernel, "
+                        "built from linux-source-6.1 if not cached)")
     p.add_argument("--smp", type=int, default=2, metavar="N", help="virtual CPUs (default 2)")
-    p.add_argument("--mem", default="2G", metavar="SIZE", help="guest memory (default 2G)")
-    p.add_argument("--timeout", type=float, default=600, metavar="S",
-                   help="seconds CMD may run in the guest before it is killed (default 600)")
-    p.add_argument("--boot-timeout", type=float, default=120, metavar="S",
-                   help="seconds the guest may take to reach CMD (default 120)")
+    p.add_argument("--mem", default=None, metavar="SIZE",
+                   help=f"guest memory (default 2G; {debugkernel.MEM} on the debug kernel)")
+    p.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help=f"seconds CMD may run in the guest before it is killed (default "
+                        f"{TIMEOUT:g}; {TIMEOUT * debugkernel.TIMEOUT_FACTOR:g} on the debug "
+                        "kernel)")
+    p.add_argument("--boot-timeout", type=float, default=None, metavar="S",
+                   help=f"seconds the guest may take to reach CMD (default {BOOT_TIMEOUT:g}; "
+                        f"{BOOT_TIMEOUT * debugkernel.TIMEOUT_FACTOR:g} on the debug kernel)")
     p.add_argument("--accel", choices=("tcg", "kvm"), default="tcg",
                    help="QEMU accelerator (default tcg: nested KVM hangs on the CI machines)")
     p.add_argument("--boot", choices=("pvh", "bzimage"), default="pvh",
@@ -87,16 +106,26 @@ def run(args: argparse.Namespace) -> int:
         cmd = cmd[1:]
     if not cmd:
         raise UsageError("no command given: cglcert boot [options] -- CMD ...")
+    factor = debugkernel.TIMEOUT_FACTOR if debugkernel.is_debug(args.kernel) else 1
+    timeout = TIMEOUT * factor if args.timeout is None else args.timeout
+    boot_timeout = BOOT_TIMEOUT * factor if args.boot_timeout is None else args.boot_timeout
     try:
-        release = kc.resolve(args.kernel)
-        kernel = kc.cached(release) or kc.fetch(release, headers=False)
+        if debugkernel.is_debug(args.kernel):
+            kernel = debugkernel.ensure(log=log_to_stderr)
+        else:
+            release = kc.resolve(args.kernel)
+            kernel = kc.cached(release) or kc.fetch(release, headers=False)
     except kc.KernelError as exc:
         raise InfraError(str(exc)) from exc
+    except hostdeps.MissingPackages as exc:
+        raise InfraError(f"missing Debian packages {' '.join(exc.packages)}; run: {exc}") from exc
+    append = " ".join(x for x in (debugkernel.boot_args(kernel.config), args.append) if x)
     try:
         r = qemu.run_in_guest(
-            kernel, cmd, smp=args.smp, mem=args.mem, accel=args.accel, timeout=args.timeout,
-            boot_timeout=args.boot_timeout, results_dir=args.results, extra_modules=args.module,
-            append=args.append, boot=args.boot, share=args.share,
+            kernel, cmd, smp=args.smp, accel=args.accel, timeout=timeout,
+            mem=args.mem or (debugkernel.MEM if debugkernel.is_debug(args.kernel) else "2G"),
+            boot_timeout=boot_timeout, results_dir=args.results, extra_modules=args.module,
+            append=append, boot=args.boot, share=args.share,
             console=sys.stderr if args.console else None)
     except kc.KernelError as exc:
         raise InfraError(str(exc)) from exc

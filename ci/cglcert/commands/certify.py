@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cglcert import ExitCode, InfraError, UsageError, default_repo_root, hostdeps, targets
+from cglcert import (ExitCode, InfraError, UsageError, debugkernel, default_repo_root, hostdeps,
+                     targets)
 from cglcert import certify as cf
 from cglcert import results as res
 from cglcert.catalog import load_catalog
@@ -44,6 +45,14 @@ Targets: qemu (default) boots a Debian kernel (--kernel: 6.1.0-57-amd64, rt-amd6
 cloud-amd64, ...; see 'cglcert kernels list'); local certifies the kernel this machine
 runs (the modules are built against /lib/modules/$(uname -r)/build and loaded: root only).
 
+The debug kernel: --kernel debug builds Debian's linux-source-6.1 with KASAN, KFENCE,
+lockdep, DEBUG_ATOMIC_SLEEP, DEBUG_OBJECTS, kmemleak, UBSAN, DEBUG_LIST, the hang
+detectors and fault injection (reference/kmod/tests/debug-kernel.config; about 20 minutes
+on 2 cores the first time, then cached: 'cglcert kernels debug'), builds the modules
+against it and certifies it as any kernel, plus the modules' KTAP programs and kmemleak
+scans: any KASAN, KFENCE, UBSAN, lockdep, hung-task or soft-lockup report fails the test
+it happened in or blocks the verdict, as does any leak. Timeouts are 4 times longer.
+
 Exit codes: 0 certified (for --verdict, default CGL 2.0), 1 not certified (a requirement
 failed, or the kernel was unhealthy: splat, taint, modules that would not unload, panic),
 2 usage error, 3 infrastructure error (build failure, boot failure, a module that does not
@@ -75,7 +84,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kernel", action="append", default=None, metavar="ABI-FLAVOR",
                    help="qemu target: Debian release (6.1.0-57-amd64), flavor (rt-amd64, "
-                        "cloud-amd64) or 'default' (Debian's default amd64 kernel); "
+                        "cloud-amd64), 'default' (Debian's default amd64 kernel) or 'debug' "
+                        "(linux-source-6.1 built with KASAN, lockdep, kmemleak, ...); "
                         "repeatable: every kernel is certified, one merged report")
     p.add_argument("--kernel-modules", type=Path, default=None, metavar="DIR",
                    help="a kernel of your own: --kernel is then its image (bzImage) and DIR "
@@ -95,7 +105,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--accel", choices=("tcg", "kvm"), default="tcg",
                    help="QEMU accelerator (default tcg; kvm needs /dev/kvm that works)")
     p.add_argument("--smp", type=int, default=2, metavar="N", help="guest CPUs (default 2)")
-    p.add_argument("--mem", default="2G", metavar="SIZE", help="guest memory (default 2G)")
+    p.add_argument("--mem", default=None, metavar="SIZE",
+                   help=f"guest memory (default 2G; {debugkernel.MEM} for --kernel debug)")
     prof = p.add_mutually_exclusive_group()
     prof.add_argument("--quick", action="store_true", help="conformance + stress smoke pass")
     prof.add_argument("--full", action="store_true", help="conformance + the full stress sweep")
@@ -125,11 +136,11 @@ def _validate(args: argparse.Namespace, repo: Path) -> None:
                          "reference/kmod/ in it)")
     if not 1 <= args.smp <= 64:
         raise UsageError(f"--smp {args.smp}: give 1 to 64 guest CPUs")
-    if not _MEM_RE.match(args.mem):
+    if args.mem is not None and not _MEM_RE.match(args.mem):
         raise UsageError(f"--mem {args.mem!r}: give a size such as 2G or 1536M")
     if args.target != "qemu":
         given = [o for o, v in (("--kernel", args.kernel), ("--append", args.append)) if v]
-        if given or args.accel != "tcg" or args.smp != 2 or args.mem != "2G":
+        if given or args.accel != "tcg" or args.smp != 2 or args.mem not in (None, "2G"):
             raise UsageError(
                 f"{', '.join(given) or '--accel/--smp/--mem'}: only for --target qemu; the "
                 f"{args.target} target certifies the kernel that machine runs, as it runs")
@@ -138,6 +149,9 @@ def _validate(args: argparse.Namespace, repo: Path) -> None:
     if args.kernel_modules:
         if args.target != "qemu":
             raise UsageError("--kernel-modules: only for --target qemu")
+        if args.kernel and any(debugkernel.is_debug(k) for k in args.kernel):
+            raise UsageError("--kernel-modules: not with --kernel debug (the debug kernel "
+                             "is built here, modules and all)")
         if not args.kernel or len(args.kernel) != 1 or not Path(args.kernel[0]).is_file():
             raise UsageError("--kernel-modules DIR needs exactly one --kernel IMAGE, the path "
                              "of the kernel's bzImage")
@@ -187,7 +201,9 @@ def certify_one(args: argparse.Namespace, repo: Path, kernel_spec: str | None, b
                    target=kind, target_url=args.target if kind == "ssh" else "",
                    ssh_options=list(args.ssh_option),
                    kernel_modules=args.kernel_modules, kernel_headers=args.kernel_headers,
-                   accel=args.accel, smp=args.smp, mem=args.mem,
+                   accel=args.accel, smp=args.smp,
+                   mem=args.mem or (debugkernel.MEM if debugkernel.is_debug(kernel_spec)
+                                    else "2G"),
                    profile="quick" if args.quick else "full" if args.full else "default",
                    verdict=args.verdict, append=args.append, stress=not args.no_stress,
                    module_params=cf.parse_module_params(args.module_param,
@@ -195,6 +211,11 @@ def certify_one(args: argparse.Namespace, repo: Path, kernel_spec: str | None, b
                    if backend == "kmod" else {})
     prog.step("kernel")
     release, flavor, kernel = target.prepare(plan)
+    config = debugkernel.read_config(kernel.config) if kernel is not None else {}
+    debug_options = debugkernel.debug_options(config)
+    if debugkernel.is_debug_kernel(kernel):
+        plan.timeout_factor = debugkernel.TIMEOUT_FACTOR
+    plan.kmemleak = "CONFIG_DEBUG_KMEMLEAK" in debug_options
     if matrix_dir is not None:
         plan.run_dir = matrix_dir / f"{release}-{backend}"
     else:
@@ -204,9 +225,12 @@ def certify_one(args: argparse.Namespace, repo: Path, kernel_spec: str | None, b
         plan.run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"--out {plan.run_dir}: cannot create the directory: {exc}") from exc
-    for stale in ("gtest.xml", "suite.rc", "stress.json", "unload.rc"):
+    for stale in ("gtest.xml", "suite.rc", "stress.json", "unload.rc",
+                  *(f"kmemleak-{p}.{x}" for p in ("baseline", "loaded", "unloaded")
+                    for x in ("txt", "rc", "err"))):
         (plan.run_dir / stale).unlink(missing_ok=True)
-    shutil.rmtree(plan.run_dir / "stress", ignore_errors=True)
+    for stale_dir in ("stress", "ktap"):
+        shutil.rmtree(plan.run_dir / stale_dir, ignore_errors=True)
     prog.done(f"{release}" + (f" ({kernel.version})" if kernel else " (running)"))
 
     prog.step(f"build for {release}")
@@ -225,6 +249,9 @@ def certify_one(args: argparse.Namespace, repo: Path, kernel_spec: str | None, b
                              f"run './cglcert kernels fetch {release}'")
         prog.note(f"modules for {release}")
         modules = cf.build_modules(repo, hdrs, cf.module_build_dir(repo, release, hdrs))
+    if plan.backend == "kmod" and debugkernel.is_debug_kernel(kernel):
+        prog.note("KTAP programs (reference/kmod/tests)")
+        plan.ktap = cf.build_ktap(repo)
     prog.note("conformance suite")
     suite = cf.build_suite(repo, repo / "build" / "conformance")
     stress_build = None
@@ -254,11 +281,19 @@ def certify_one(args: argparse.Namespace, repo: Path, kernel_spec: str | None, b
     env = cf.base_environment(plan, release, flavor)
     if kernel is not None:
         env.update(kernel_package_version=kernel.version, kernel_image=str(kernel.vmlinuz))
+        if kernel.config is not None:
+            env["kernel_debug_options"] = debug_options
+    if debugkernel.is_debug_kernel(kernel):
+        built = debugkernel.manifest(kernel)
+        env.update(debug_kernel_build=built.get("key"),
+                   debug_kernel_fragment=built.get("fragment"),
+                   timeout_factor=plan.timeout_factor)
     env.update(execution.environment)
     if plan.stress:
         cf.collect_stress(plan, catalog.requirements, env)
     results = cf.judge(catalog.requirements, expected_tests(repo), plan.run_dir, execution,
-                       env, backend=plan.backend, stress_wanted=plan.stress)
+                       env, backend=plan.backend, stress_wanted=plan.stress,
+                       ktap=[p.name for p in plan.ktap], kmemleak=plan.kmemleak)
     (plan.run_dir / "results.json").write_text(res.results_to_json(results), encoding="utf-8")
     counts = results["summary"]["tests"]
     prog.done(", ".join(f"{n} {o.lower()}" for o, n in counts.items() if n))

@@ -70,7 +70,9 @@ def _health(run: Run) -> dict[str, Any] | None:
     return {"log_source": h.get("log_source"), "blockers": list(h.get("blockers") or []),
             "findings": [{"kind": f.get("kind"), "message": f.get("message"),
                           "test": f.get("test")} for f in h.get("findings") or []],
-            "taint": taint.get("letters") if taint else None}
+            "taint": taint.get("letters") if taint else None,
+            "debug_options": model.debug_options(run),
+            "ktap": list(h.get("ktap") or []), "kmemleak": h.get("kmemleak")}
 
 
 def _latency_charts(phases: list[dict[str, Any]]) -> list[dict[str, Any]]:

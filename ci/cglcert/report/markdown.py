@@ -48,6 +48,22 @@ def _verdict_lines(run: Run) -> list[str]:
                      f"run: {taint}): " + ("clean" if not blockers and not health.get("findings")
                                           else f"{len(health.get('findings') or [])} finding(s)"))
         lines += [f"  - BLOCKER: {b}" for b in blockers]
+        opts = model.debug_options(run)
+        if opts is not None:
+            lines.append(f"- Kernel debug options ({len(opts)}, from its .config): "
+                         + (" ".join(f"`{o}`" for o in opts) or "none"))
+        for k in health.get("ktap") or []:
+            failed = f" (not ok: {', '.join(k['failed'])})" if k.get("failed") else ""
+            ran = " (did not run)" if k.get("exit_code") is None else ""
+            lines.append(f"- KTAP `{k.get('program')}`: {k.get('ok')} ok, {k.get('not_ok')} "
+                         f"not ok, {k.get('skip')} skipped{ran}{failed}")
+        m = health.get("kmemleak")
+        if isinstance(m, dict):
+            extra = "; ".join(m.get("problems") or [])
+            lines.append(f"- kmemleak: scans {', '.join(m.get('scans') or []) or 'none'}; "
+                         f"{m.get('leaks')} leak(s), {m.get('aem_leaks')} with an AEM module "
+                         f"frame; {m.get('baseline_objects')} reported before the suite, not "
+                         "counted" + (f"; {extra}" if extra else ""))
     return lines
 
 

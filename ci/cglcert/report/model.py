@@ -329,6 +329,15 @@ def bucket_label(upper_ns: int | float) -> str:
 # ---------------------------------------------------------------------------------------------
 # Small shared helpers for the renderers.
 
+def debug_options(run: Run) -> list[str] | None:
+    """The kernel's debug options as results.json recorded them (``CONFIG_`` dropped), or
+    None when the run did not record them (no .config known)."""
+    opts = run.environment.get("kernel_debug_options")
+    if not isinstance(opts, list):
+        return None
+    return [str(o).removeprefix("CONFIG_") for o in opts]
+
+
 def one_line(text: str | None, width: int = 0) -> str:
     """``text`` on one line (whitespace collapsed), cut to ``width`` when width > 0."""
     line = " ".join((text or "").split())
@@ -347,6 +356,8 @@ def fmt_number(v: Any) -> str:
         if v.is_integer() and abs(v) < 1e15:
             return str(int(v))
         return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(fmt_number(x) for x in v)
     return str(v)
 
 

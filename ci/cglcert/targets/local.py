@@ -43,7 +43,7 @@ def execute(plan: Plan, art: Artifacts, script: str) -> Execution:
     marker = _host.new_marker()
     wrapper = plan.run_dir / _host.WRAPPER
     wrapper.write_text(_host.wrapper(plan, art, marker), encoding="utf-8")
-    timeout = plan.suite_timeout + (plan.stress_timeout if plan.stress else 0) + 120
+    timeout = plan.target_timeout
     start = time.monotonic()
     error, detail = None, ""
     if not _host.run_bounded(["bash", str(wrapper)], timeout, cwd=plan.repo):

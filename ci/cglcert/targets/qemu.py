@@ -1,5 +1,8 @@
 """The QEMU target: boot a Debian kernel from the cache, run the script, read its health.
 
+``--kernel debug`` boots the debug kernel instead (:mod:`cglcert.debugkernel`: built from
+linux-source-6.1 on first use, then cached), with every timeout scaled for its slowness.
+
 The guest sees the host root read-only and the run directory writable (:mod:`cglcert.qemu`);
 the modules are loaded by the guest's init before the script (a module that does not load
 is an ERROR of the run, with insmod's message). The kernel log is dmesg copied out after
@@ -8,7 +11,9 @@ the script, or the serial console when the guest died.
 
 from __future__ import annotations
 
-from cglcert import InfraError, hostdeps, kmsg
+import sys
+
+from cglcert import InfraError, debugkernel, hostdeps, kmsg
 from cglcert import kernels as kc
 from cglcert import qemu as q
 from cglcert.certify import Artifacts, Execution, Plan, module_argument
@@ -30,6 +35,16 @@ def prepare(plan: Plan) -> tuple[str, str | None, kc.Kernel]:
             raise InfraError(f"no headers for {kernel.release}: give --kernel-headers DIR (the "
                              "build folder) to build the AEM modules, or --backend user")
         return kernel.release, kernel.flavor, kernel
+    if debugkernel.is_debug(plan.kernel):
+        try:
+            kernel = debugkernel.ensure(plan.repo, log=lambda m: print(f"      debug kernel: {m}",
+                                                                     file=sys.stderr))
+        except kc.KernelError as exc:
+            raise InfraError(str(exc)) from exc
+        except hostdeps.MissingPackages as exc:
+            raise InfraError(f"missing Debian packages {' '.join(exc.packages)}; run: {exc}") \
+                from exc
+        return kernel.release, kernel.flavor, kernel
     try:
         release = kc.resolve(plan.kernel)
         kernel = kc.cached(release)
@@ -43,13 +58,15 @@ def prepare(plan: Plan) -> tuple[str, str | None, kc.Kernel]:
 def execute(plan: Plan, art: Artifacts, script: str) -> Execution:
     """Boot, run *script* as root in the guest, return what happened."""
     assert art.kernel is not None
-    timeout = plan.suite_timeout + (plan.stress_timeout if plan.stress else 0) + 120
+    timeout = plan.target_timeout
     try:
         r = q.run_in_guest(
             art.kernel, script, smp=plan.smp, mem=plan.mem, accel=plan.accel,
-            timeout=timeout, results_dir=plan.run_dir, cwd=plan.repo,
+            timeout=timeout, boot_timeout=plan.scaled(120), results_dir=plan.run_dir,
+            cwd=plan.repo,
             extra_modules=[module_argument(m, plan) for m in art.modules] if plan.backend == "kmod" else [],
-            append=" ".join(x for x in (APPEND, plan.append) if x))
+            append=" ".join(x for x in (APPEND, debugkernel.boot_args(art.kernel.config),
+                                        plan.append) if x))
     except kc.KernelError as exc:
         raise InfraError(str(exc)) from exc
     except hostdeps.MissingPackages as exc:

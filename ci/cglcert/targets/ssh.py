@@ -138,7 +138,7 @@ def execute(plan: Plan, art: Artifacts, script: str) -> Execution:
     if r.returncode != 0:
         raise InfraError(f"copying to {plan.target_url}:{work} failed: "
                          f"{r.stderr.decode(errors='replace').strip()[-300:]}")
-    timeout = plan.suite_timeout + (plan.stress_timeout if plan.stress else 0) + 300
+    timeout = plan.target_timeout + 180
     error, detail = None, ""
     wrapper = shlex.quote(str(rplan.run_dir / _host.WRAPPER))
     if not _host.run_bounded(ssh_argv(plan) + [f"bash {wrapper}"], timeout):
