@@ -113,6 +113,7 @@
 #ifndef ARRAY_SIZE
 #define ARRAY_SIZE(a)	(sizeof(a) / sizeof((a)[0]))
 #endif
+#define fallthrough	__attribute__((__fallthrough__))
 
 /* ------------------------------------------------------------------ */
 /* Options                                                             */
@@ -575,8 +576,8 @@ static void repro_line(struct obuf *o, unsigned long at)
 				      n ? "," : " --skip ", skip_names[i]);
 	if (at)
 		snprintf(act, sizeof(act), " --actions %lu", at);
-	bputf(o, "  reproduce: aem_fuzz --seed %" PRIu64 " --threads %d --calls %ld%s%s --uid %d\n",
-	      O.seed, O.threads, O.calls, act, skip, O.uid);
+	bputf(o, "  reproduce: aem_fuzz --seed %llu --threads %d --calls %ld%s%s --uid %d\n",
+	      (unsigned long long)O.seed, O.threads, O.calls, act, skip, O.uid);
 }
 
 /* A contract violation: print it, the seed and the recent calls. */
@@ -593,9 +594,9 @@ static void finding(struct thr *t, const char *fmt, ...)
 
 	pthread_mutex_lock(&print_lock);
 	o.n = 0;
-	bputf(&o, "aem_fuzz: FINDING %lu [%s%s call %lu, seed %" PRIu64 "]: %s\n",
+	bputf(&o, "aem_fuzz: FINDING %lu [%s%s call %lu, seed %llu]: %s\n",
 	      n, in_child ? "child " : "", t ? t->name : "-", t ? t->seq : 0,
-	      O.seed, b);
+	      (unsigned long long)O.seed, b);
 	if (t)
 		bputf(&o, "  call: %s\n", t->desc);
 	if (log_fd >= 0)
@@ -604,10 +605,10 @@ static void finding(struct thr *t, const char *fmt, ...)
 	if (n <= 10) {
 		dump_all_logs(&o, O.last, in_child && t ? t->idx : -1);
 		if (in_child)
-			bputf(&o, "  (in a forked child: the parent's --actions count above reproduces the fork)\n");
+			bputf(&o, "  (a forked child: reproduce the parent's run)\n");
 		repro_line(&o, O.threads == 1 && t && !in_child ? t->seq : 0);
 		if (O.threads > 1)
-			bputf(&o, "  (several threads: the sequence depends on timing; rerun with --threads 1 to get a deterministic one)\n");
+			bputf(&o, "  (threads: timing matters; --threads 1 is deterministic)\n");
 	}
 	out(2, o.b, o.n);
 	pthread_mutex_unlock(&print_lock);
@@ -728,7 +729,7 @@ static void sig_crash(int sig, siginfo_t *si, void *uc)
 }
 
 struct ksigaction {
-	void (*handler)(int, siginfo_t *, void *);
+	void (*handler)(int sig, siginfo_t *si, void *uc);
 	unsigned long flags;
 	void (*restorer)(void);
 	uint64_t mask;
@@ -896,8 +897,10 @@ static void slot_make(int i)
 		break;
 	case K_PIPE_R:
 	case K_PIPE_W:
-		if (pipe2(fds, O_NONBLOCK | O_CLOEXEC))
-			fds[0] = fds[1] = -1;
+		if (pipe2(fds, O_NONBLOCK | O_CLOEXEC)) {
+			fds[0] = -1;
+			fds[1] = -1;
+		}
 		W.s[s->kind == K_PIPE_R ? i : p].fd = fds[0];
 		W.s[s->kind == K_PIPE_R ? p : i].fd = fds[1];
 		break;
@@ -933,10 +936,12 @@ static void slot_make(int i)
 			s->fd = tcp_connect(W.tcpl_port, true);
 			break;
 		}
-		/* fall through */
+		fallthrough;
 	case K_TCP_S:
-		if (tcp_pair(&a, &b))
-			a = b = -1;
+		if (tcp_pair(&a, &b)) {
+			a = -1;
+			b = -1;
+		}
 		W.s[s->kind == K_TCP_C ? i : p].fd = a;
 		W.s[s->kind == K_TCP_C ? p : i].fd = b;
 		break;
@@ -955,8 +960,10 @@ static void slot_make(int i)
 	case K_UNIX_DG:
 		if (socketpair(AF_UNIX, (s->kind == K_UNIX_P ? SOCK_STREAM :
 					 SOCK_DGRAM) | SOCK_NONBLOCK | SOCK_CLOEXEC,
-			       0, fds))
-			fds[0] = fds[1] = -1;
+			       0, fds)) {
+			fds[0] = -1;
+			fds[1] = -1;
+		}
 		s->fd = fds[0];
 		W.s[p].fd = fds[1];
 		break;
@@ -1299,11 +1306,10 @@ static void frame(struct draw *d, struct call *c, struct exp *e,
 	}
 	c->usize = us;
 	if (c->place == PL_STRADDLE) {
-		if (us < 5 || us > PG) {
+		if (us < 5 || us > PG)
 			c->place = PL_NORMAL;
-		} else {
+		else
 			c->m = 4 + U(d, us - 4);	/* < us bytes mapped */
-		}
 	}
 	switch (c->place) {
 	case PL_NULL:
@@ -1366,7 +1372,8 @@ static uint8_t *place_struct(struct thr *t, struct call *c, struct draw *d)
 	}
 	/* normal: in the region's two RW pages, zero tail (or dirt), a canary */
 	base = SCR_RW(t, c->region);
-	room = c->usize <= PG ? (c->usize < 8 ? 8 : c->usize) : 64;
+	/* a size over a page is refused before the rest is read: ksize will do */
+	room = c->usize <= PG ? (c->usize < 8 ? 8 : c->usize) : c->ksize;
 	off = U(d, (2 * PG - room - 32) / 8) * 8;
 	p = base + off;
 	memset(p, 0, room);
@@ -1402,7 +1409,7 @@ static void after_struct(struct thr *t, struct call *c, long ret)
 	if (c->usize > c->ksize && !c->dirty_tail)
 		for (uint32_t i = c->ksize; i < c->usize; i++)
 			if (p[i]) {
-				FIND(t, "%s wrote into the caller's tail beyond its struct (byte %u)",
+				FIND(t, "%s wrote into the tail past its struct (byte %u)",
 				     c->name, i);
 				break;
 			}
@@ -1454,6 +1461,20 @@ static bool single(void)
 	return O.threads == 1 || in_child;
 }
 
+/* A chunk of the arena holds only what was sent: 'A'..'Z'. */
+static void check_chunk(struct thr *t, int id, const uint8_t *arena,
+			uint64_t off, uint64_t len)
+{
+	for (uint64_t i = 0; i < len; i++) {
+		if (arena[off + i] < 'A' || arena[off + i] > 'Z') {
+			FIND(t, "read id %d: byte %llu of chunk %#llx is %#x: not sent",
+			     id, (unsigned long long)i, (unsigned long long)off,
+			     arena[off + i]);
+			return;
+		}
+	}
+}
+
 /* Check one delivery and account it; W.lock held. */
 static void check_dlv(struct thr *t, struct fctx *c, const struct aem_delivery *d,
 		      bool from_ring, uint64_t wstart)
@@ -1470,7 +1491,7 @@ static void check_dlv(struct thr *t, struct fctx *c, const struct aem_delivery *
 		if (d->type != AEM_EV_OVERLOAD || d->error != -EOVERFLOW ||
 		    d->prio != AEM_PRIO_MAX || !d->count || d->user_data ||
 		    d->flags)
-			FIND(t, "bad overload notification: type %u error %d prio %u count %llu flags %#x",
+			FIND(t, "overload: type %u error %d prio %u count %llu flags %#x",
 			     d->type, d->error, d->prio,
 			     (unsigned long long)d->count, d->flags);
 		return;
@@ -1479,12 +1500,14 @@ static void check_dlv(struct thr *t, struct fctx *c, const struct aem_delivery *
 	if (!g) {
 		/* another thread's REGISTER may be between kernel and model */
 		if (!c->unknown && !c->inflight)
-			FIND(t, "delivery (%s) for id %d, which REGISTER never returned (max %d; %d REGISTER calls on this context failed with -EFAULT only when storing the id: no registration is left, says aem.h)",
-			     from_ring ? "ring" : "wait", d->id, c->max_id, c->ro_efault);
+			FIND(t, "%s delivery of id %d, not from REGISTER (max %d; %s%d%s)",
+			     from_ring ? "ring" : "wait", d->id, c->max_id,
+			     "REGISTER calls of this context that only failed to store the id, -EFAULT: ",
+			     c->ro_efault, ", and aem.h says then no registration is left");
 		return;
 	}
 	if (d->type != g->type || d->user_data != g->ud) {
-		FIND(t, "delivery for id %d: type %u user_data %#llx, registered type %u user_data %#llx",
+		FIND(t, "id %d: delivery type %u user_data %#llx, registered %u %#llx",
 		     d->id, d->type, (unsigned long long)d->user_data, g->type,
 		     (unsigned long long)g->ud);
 		return;
@@ -1494,7 +1517,7 @@ static void check_dlv(struct thr *t, struct fctx *c, const struct aem_delivery *
 		     d->id);
 	if (d->error) {
 		if (d->error != -ETIMEDOUT || !(d->flags & AEM_DLV_FINAL))
-			FIND(t, "id %d: error delivery %d flags %#x (only a final -ETIMEDOUT is documented)",
+			FIND(t, "id %d: error %d flags %#x (only a final -ETIMEDOUT exists)",
 			     d->id, d->error, d->flags);
 		else if (!g->may_doom)
 			FIND(t, "id %d: -ETIMEDOUT without AEM_CTL_SET_TIMEOUT", d->id);
@@ -1510,7 +1533,7 @@ static void check_dlv(struct thr *t, struct fctx *c, const struct aem_delivery *
 				FIND(t, "timer id %d: value %llu != count %llu (expirations)",
 				     d->id, (unsigned long long)d->value,
 				     (unsigned long long)d->count);
-			/* fall through */
+			fallthrough;
 		case AEM_EV_SOFT:
 			if (d->data[0] || d->data[1])
 				FIND(t, "id %d: family data %#llx %#llx on a %s delivery",
@@ -1584,7 +1607,7 @@ static void check_dlv(struct thr *t, struct fctx *c, const struct aem_delivery *
 			 * or another thread's pop may be older than it.
 			 */
 			if (g->eof && !from_ring && g->eof_clock < wstart)
-				FIND(t, "read id %d (%s, flags %#x): delivery (%llu bytes at %#llx) after end of file",
+				FIND(t, "read %d (%s, %#x): %llu bytes at %#llx after EOF",
 				     d->id, kind_names[g->kind], g->flags,
 				     (unsigned long long)d->value,
 				     (unsigned long long)d->data[0]);
@@ -1597,22 +1620,13 @@ static void check_dlv(struct thr *t, struct fctx *c, const struct aem_delivery *
 			if (c->arena_state == RS_SET &&
 			    (d->data[0] % c->block ||
 			     d->data[0] + d->value > c->arena_size)) {
-				FIND(t, "read id %d: chunk %#llx+%llu outside the arena (%zu, block %u)",
+				FIND(t, "read id %d: chunk %#llx+%llu not in the arena (%zu, %u)",
 				     d->id, (unsigned long long)d->data[0],
 				     (unsigned long long)d->value, c->arena_size, c->block);
 				break;
 			}
-			if (c->arena_state == RS_SET && c->arena) {
-				const uint8_t *b = c->arena + d->data[0];
-
-				for (uint64_t i = 0; i < d->value; i++)
-					if (b[i] < 'A' || b[i] > 'Z') {
-						FIND(t, "read id %d: byte %llu of chunk %#llx is %#x, not what was sent",
-						     d->id, (unsigned long long)i,
-						     (unsigned long long)d->data[0], b[i]);
-						break;
-					}
-			}
+			if (c->arena_state == RS_SET && c->arena)
+				check_chunk(t, d->id, c->arena, d->data[0], d->value);
 			if (c->nchunks < MAXCH_NR)
 				c->chunks[c->nchunks++] = d->data[0];
 			break;
@@ -1743,6 +1757,10 @@ static uint32_t rand_events(struct draw *d, uint32_t valid)
 	return e ? e : EPOLLIN;
 }
 
+static const uint32_t bad_family_flags[] = {
+	AEM_ABSTIME, AEM_REALTIME, AEM_EDGE, AEM_LEVEL,
+};
+
 static void act_register(struct thr *t, struct draw *d)
 {
 	struct fctx *c = ctx_get(t, P(d));
@@ -1764,7 +1782,8 @@ static void act_register(struct thr *t, struct draw *d)
 	memset(&r, 0, sizeof(r));
 	type = types_w[U(d, ARRAY_SIZE(types_w))];
 	if (CH(d, 25))
-		type = CH(d, 300) ? 0 : AEM_EV_MAX + 1 + U(d, CH(d, 500) ? 8 : UINT32_MAX - AEM_EV_MAX - 1);
+		type = CH(d, 300) ? 0 : AEM_EV_MAX + 1 +
+		       U(d, CH(d, 500) ? 8 : UINT32_MAX - AEM_EV_MAX - 1);
 	r.type = type;
 	exec = U(d, 3);
 	if (CH(d, 15))
@@ -1808,7 +1827,7 @@ static void act_register(struct thr *t, struct draw *d)
 	if (CH(d, 15))
 		r.flags |= AEM_PRIO_GIVEN | ((64 + U(d, 192)) << AEM_PRIO_SHIFT);
 	if (CH(d, 20))
-		r.flags |= (uint32_t[]){ AEM_ABSTIME, AEM_REALTIME, AEM_EDGE, AEM_LEVEL }[U(d, 4)];
+		r.flags |= bad_family_flags[U(d, 4)];
 	if (CH(d, 20))
 		r.reserved0 = 1 + U(d, UINT32_MAX);
 	if (CH(d, 15))
@@ -2158,11 +2177,17 @@ static void check_lookup(struct thr *t, struct freg *g,
 	if (i.id != g->id || i.type != g->type || i.user_data != g->ud ||
 	    i.fd != g->fd || i.family_version != g->famver || i.prio > AEM_PRIO_MAX ||
 	    i.enabled > 1 ||
-	    i.flags != ((g->flags & ~AEM_PRIO_FIELD) | AEM_PRIO_GIVEN | (i.prio << AEM_PRIO_SHIFT))) {
-		FIND(t, "LOOKUP id %d: id %d type %u ud %#llx fd %d ver %u prio %u enabled %u flags %#x; registered type %u ud %#llx fd %d ver %u flags %#x",
-		     g->id, i.id, i.type, (unsigned long long)i.user_data, i.fd,
-		     i.family_version, i.prio, i.enabled, i.flags, g->type,
-		     (unsigned long long)g->ud, g->fd, g->famver, g->flags);
+	    i.flags != ((g->flags & ~AEM_PRIO_FIELD) | AEM_PRIO_GIVEN |
+			(i.prio << AEM_PRIO_SHIFT))) {
+		char got[160];
+
+		snprintf(got, sizeof(got),
+			 "id %d type %u ud %#llx fd %d ver %u prio %u enabled %u flags %#x",
+			 i.id, i.type, (unsigned long long)i.user_data, i.fd,
+			 i.family_version, i.prio, i.enabled, i.flags);
+		FIND(t, "LOOKUP id %d: %s; registered type %u ud %#llx fd %d ver %u flags %#x",
+		     g->id, got, g->type, (unsigned long long)g->ud, g->fd,
+		     g->famver, g->flags);
 		return;
 	}
 	if (g->owner == t->idx && i.timeout_ms != g->tmo_ms)
@@ -2180,15 +2205,19 @@ static void check_stats(struct thr *t, struct fctx *c, struct freg *g,
 {
 	uint64_t sum;
 
-	/* every occurrence is delivered once: merged ones are not deliveries */
+	char b[160];
+
+	snprintf(b, sizeof(b),
+		 "activations %llu deliveries %llu merged %llu errors %llu pending %llu",
+		 (unsigned long long)st->activations,
+		 (unsigned long long)st->deliveries,
+		 (unsigned long long)st->merged, (unsigned long long)st->errors,
+		 (unsigned long long)st->pending);
+	/* each occurrence is delivered or merged, once */
 	if (st->pending > st->activations ||
 	    st->merged + st->deliveries > st->activations + st->errors ||
 	    st->errors > st->deliveries || st->errors > 1) {
-		FIND(t, "STATS id %d: activations %llu deliveries %llu merged %llu errors %llu pending %llu (each occurrence is delivered or merged once: merged + deliveries <= activations + errors)",
-		     g->id, (unsigned long long)st->activations,
-		     (unsigned long long)st->deliveries,
-		     (unsigned long long)st->merged, (unsigned long long)st->errors,
-		     (unsigned long long)st->pending);
+		FIND(t, "STATS id %d: %s", g->id, b);
 		return;
 	}
 	if (g->type == AEM_EV_SOFT && single() && !g->sat &&
@@ -2202,13 +2231,10 @@ static void check_stats(struct thr *t, struct fctx *c, struct freg *g,
 	sum = g->dcount + st->pending + rcount;
 	if (st->activations != sum || st->deliveries != g->dn + rn ||
 	    st->errors != g->derr + rerr)
-		FIND(t, "STATS id %d (type %u): activations %llu != delivered %llu + pending %llu + in ring %llu; deliveries %llu vs %llu+%llu; errors %llu vs %llu+%llu",
-		     g->id, g->type, (unsigned long long)st->activations,
-		     (unsigned long long)g->dcount,
-		     (unsigned long long)st->pending, (unsigned long long)rcount,
-		     (unsigned long long)st->deliveries,
-		     (unsigned long long)g->dn, (unsigned long long)rn,
-		     (unsigned long long)st->errors, (unsigned long long)g->derr,
+		FIND(t, "STATS id %d (type %u): %s; seen: %llu, %llu, %llu; ring: %llu, %llu, %llu",
+		     g->id, g->type, b, (unsigned long long)g->dcount,
+		     (unsigned long long)g->dn, (unsigned long long)g->derr,
+		     (unsigned long long)rcount, (unsigned long long)rn,
 		     (unsigned long long)rerr);
 }
 
@@ -2246,7 +2272,8 @@ static void act_ctl(struct thr *t, struct draw *d)
 	memset(&in, 0, sizeof(in));
 	op = ctl_ops_w[U(d, ARRAY_SIZE(ctl_ops_w))];
 	if (CH(d, 25))
-		op = CH(d, 300) ? 0 : AEM_CTL_MAX + 1 + U(d, CH(d, 500) ? 8 : UINT32_MAX - AEM_CTL_MAX - 1);
+		op = CH(d, 300) ? 0 : AEM_CTL_MAX + 1 +
+		     U(d, CH(d, 500) ? 8 : UINT32_MAX - AEM_CTL_MAX - 1);
 	pthread_mutex_lock(&W.lock);
 	if (c->live_upper > LIVE_CAP && CH(d, 700))
 		op = AEM_CTL_CLEAN;
@@ -2441,6 +2468,36 @@ static void act_ctl(struct thr *t, struct draw *d)
 	ctx_put(c);
 }
 
+/* Delivery @i of a WAIT, at @p (stride @dsize); W.lock held. */
+static void check_wait_entry(struct thr *t, struct fctx *c, const uint8_t *p,
+			     long i, uint32_t dsize, unsigned int *soft_prio,
+			     uint64_t wstart)
+{
+	struct aem_delivery dl;
+
+	memcpy(&dl, p, sizeof(dl));
+	for (uint32_t j = sizeof(dl); j < dsize; j++) {
+		if (p[j]) {
+			FIND(t, "WAIT: delivery %ld: byte %u past it not cleared (%#x)",
+			     i, j, p[j]);
+			break;
+		}
+	}
+	/*
+	 * Soft events are activated only by RAISE, which waits for the
+	 * ctx->mutex this WAIT holds: they all were pending when it started,
+	 * so they come highest priority first (other families can be
+	 * activated between two of its batches).
+	 */
+	if (dl.type == AEM_EV_SOFT && dl.id > 0 && !dl.error) {
+		if (dl.prio > *soft_prio)
+			FIND(t, "WAIT: soft delivery %ld (id %d prio %u) after prio %u",
+			     i, dl.id, dl.prio, *soft_prio);
+		*soft_prio = dl.prio;
+	}
+	check_dlv(t, c, &dl, false, wstart);
+}
+
 static void act_wait(struct thr *t, struct draw *d)
 {
 	struct fctx *c = ctx_get(t, P(d));
@@ -2558,34 +2615,10 @@ static void act_wait(struct thr *t, struct draw *d)
 		if (!ret && w.timeout_ns > 0 && t1 - t0 + 10000 < (uint64_t)w.timeout_ns)
 			FIND(t, "WAIT returned 0 after %llu ns, timeout %lld ns",
 			     (unsigned long long)(t1 - t0), (long long)w.timeout_ns);
-		if (ret > 0 && (buf == t->dbuf || where < 920)) {
-			for (long i = 0; i < ret && i < w.max; i++) {
-				const uint8_t *p = buf + (size_t)i * w.dsize;
-				struct aem_delivery dl;
-
-				memcpy(&dl, p, sizeof(dl));
-				for (uint32_t j = sizeof(dl); j < w.dsize; j++)
-					if (p[j]) {
-						FIND(t, "WAIT: delivery %ld: byte %u past the delivery not cleared (%#x)",
-						     i, j, p[j]);
-						break;
-					}
-				/*
-				 * Soft events are activated only by RAISE, which
-				 * waits for ctx->mutex that this WAIT holds: they
-				 * all were pending when it started, so they must
-				 * come highest priority first (other families can
-				 * be activated between two of its batches).
-				 */
-				if (dl.type == AEM_EV_SOFT && dl.id > 0 && !dl.error) {
-					if (dl.prio > soft_prio)
-						FIND(t, "WAIT: soft delivery %ld (id %d prio %u) after a soft one of priority %u",
-						     i, dl.id, dl.prio, soft_prio);
-					soft_prio = dl.prio;
-				}
-				check_dlv(t, c, &dl, false, wstart);
-			}
-		}
+		if (ret > 0 && (buf == t->dbuf || where < 920))
+			for (long i = 0; i < ret && i < w.max; i++)
+				check_wait_entry(t, c, buf + (size_t)i * w.dsize, i,
+						 w.dsize, &soft_prio, wstart);
 	}
 	pthread_mutex_unlock(&W.lock);
 	logcall(t, ret);
@@ -2621,11 +2654,11 @@ static void act_raise(struct thr *t, struct draw *d)
 	frame(d, &cl, &e, 60);
 	pthread_mutex_lock(&W.lock);
 	if (!has_viol(&e)) {
-		if (r.flags || r.reserved0 || !r.count)
+		if (r.flags || r.reserved0 || !r.count) {
 			viol(&e, EINVAL);
-		else if (state == ID_DEAD)
+		} else if (state == ID_DEAD) {
 			viol(&e, ENOENT);
-		else {
+		} else {
 			if (state == ID_MAYBE)
 				maybe(&e, ENOENT);
 			if (g->type != AEM_EV_SOFT)
@@ -2686,9 +2719,9 @@ static void act_signal(struct thr *t, struct draw *d)
 		s.flags = 1 + U(d, UINT32_MAX);
 	frame(d, &cl, &e, 60);
 	if (!has_viol(&e)) {
-		if (s.flags || s.tid < 0 || (s.signo && (s.signo < 32 || s.signo > 64)))
+		if (s.flags || s.tid < 0 || (s.signo && (s.signo < 32 || s.signo > 64))) {
 			viol(&e, EINVAL);
-		else if (s.signo && s.tid) {
+		} else if (s.signo && s.tid) {
 			if (tk >= 850)
 				viol(&e, ESRCH);
 			else if (tk >= 750)
@@ -3070,6 +3103,11 @@ static void fill_pattern(uint8_t *b, size_t n, uint64_t r)
 		b[i] = pattern[(r + i) % 26];
 }
 
+static const int stim_slot[] = { 0, 0, 2, 1, -1, 3, 4 };
+static const char *const stim_name[] = {
+	"write", "read", "write", "read", "", "read", "arm",
+};
+
 static void act_stim(struct thr *t, struct draw *d)
 {
 	static __thread uint8_t buf[16384];
@@ -3082,7 +3120,7 @@ static void act_stim(struct thr *t, struct draw *d)
 	dreset(t);
 	switch (k) {
 	case 0: case 1: case 2: case 3: case 5: case 6:
-		i = (int[]){ 0, 0, 2, 1, -1, 3, 4 }[k];
+		i = stim_slot[k];
 		pthread_rwlock_rdlock(&W.s[i].rw);
 		fd = W.s[i].fd;
 		if (k == 0) {
@@ -3100,8 +3138,7 @@ static void act_stim(struct thr *t, struct draw *d)
 		} else {
 			ret = read(fd, buf, k == 3 ? sizeof(buf) : 128);
 		}
-		desc(t, "STIM %s slot%d fd=%d", (const char *[]){ "write", "read", "write",
-		     "read", "", "read", "arm" }[k], i, fd);
+		desc(t, "STIM %s slot%d fd=%d", stim_name[k], i, fd);
 		pthread_rwlock_unlock(&W.s[i].rw);
 		break;
 	case 4:
@@ -3252,8 +3289,8 @@ static void act_poll(struct thr *t, struct draw *d)
 		ret = CH(d, 500) ? read(c->fd, b, sizeof(b)) : write(c->fd, b, sizeof(b));
 		desc(t, "READ/WRITE ctx%d", c->gen);
 		pthread_mutex_lock(&W.lock);
-		if (!c->closed && (ret >= 0 || (errno != EINVAL &&
-						  !(errno == EBADF && c->rdonly))))
+		if (!c->closed &&
+		    (ret >= 0 || (errno != EINVAL && !(errno == EBADF && c->rdonly))))
 			FIND(t, "read/write of a context returned %ld (%s), not EINVAL",
 			     ret, ret < 0 ? en(-errno) : "ok");
 		pthread_mutex_unlock(&W.lock);
@@ -3269,7 +3306,7 @@ static void act_poll(struct thr *t, struct draw *d)
 		pthread_mutex_lock(&W.lock);
 		if (!c->closed && (r1 || r2 || r3 || tg != getpid() || regs < 0 ||
 				   uregs < regs))
-			FIND(t, "fdinfo of a context: tgid %ld (pid %d) regs %ld user-regs %ld (%d %d %d)",
+			FIND(t, "fdinfo: tgid %ld (pid %d) regs %ld user-regs %ld (%d %d %d)",
 			     tg, getpid(), regs, uregs, r1, r2, r3);
 		else if (!c->closed && single() && regs > c->live_upper + c->unknown)
 			FIND(t, "fdinfo: %ld registrations, at most %ld live", regs,
@@ -3370,7 +3407,7 @@ static void act_mmap(struct thr *t, struct draw *d)
 			FIND(t, "mmap of the context (kind %u) failed: %s", k, en(-errno));
 		if (must_fail && want && (p != MAP_FAILED ? true : errno != want) &&
 		    !(p == MAP_FAILED && errno == EACCES && c->rdonly))
-			FIND(t, "mmap of the context (kind %u, %zu bytes, prot %#x, flags %#x, off %#llx) gave %s, the contract says %s",
+			FIND(t, "mmap (kind %u, %zu B, prot %#x, flags %#x, off %#llx): %s, not %s",
 			     k, len, prot, flags, (unsigned long long)off,
 			     p == MAP_FAILED ? en(-errno) : "a mapping", en(-want));
 	}
@@ -3488,10 +3525,10 @@ static int check_not_owner(struct thr *t, int fd, const char *who)
 				  (int)_IOC_NR(calls[i].cmd) : OP_OTHER, ret);
 		if (ret != -EOWNERDEAD) {
 			if (t)
-				FIND(t, "%s: ioctl %#lx on a context of another process/mm returned %s, not EOWNERDEAD",
+				FIND(t, "%s: ioctl %#lx of another mm: %s, not EOWNERDEAD",
 				     who, calls[i].cmd, en(ret));
 			else
-				outf(2, "aem_fuzz: FINDING (%s): ioctl %#lx returned %s, not EOWNERDEAD\n",
+				outf(2, "aem_fuzz: FINDING (%s): ioctl %#lx: %s, not EOWNERDEAD\n",
 				     who, calls[i].cmd, en(ret));
 			bad++;
 		}
@@ -3524,7 +3561,8 @@ static void one_action(struct thr *t);
 static void child_exec(int fd, const char *mode)
 {
 	char fds[16];
-	char *argv[] = { "aem_fuzz", "--exec-check", fds, (char *)mode, NULL };
+	char *const argv[] = { (char *)"aem_fuzz", (char *)"--exec-check", fds,
+			       (char *)mode, NULL };
 
 	snprintf(fds, sizeof(fds), "%d", fd);
 	execv(exe_path, argv);
@@ -3621,8 +3659,10 @@ static void child_add(pid_t pid, int kind, unsigned int ms)
 	}
 }
 
-enum { CK_INHERIT, CK_FRESH, CK_FRESH_KILLED, CK_FRESH_WAITER, CK_EXEC_INHERIT,
-       CK_EXEC_OWN, CK_SCM, NCK };
+enum {
+	CK_INHERIT, CK_FRESH, CK_FRESH_KILLED, CK_FRESH_WAITER, CK_EXEC_INHERIT,
+	CK_EXEC_OWN, CK_SCM, NCK
+};
 
 static const char *const ck_names[NCK] = {
 	"inherit", "fresh", "fresh-killed", "fresh-waiter", "exec-inherit",
@@ -3975,8 +4015,10 @@ static void act_scm(struct thr *t, struct draw *d)
 			r.type = AEM_EV_SOFT;
 			memset(&r.arg, 0, sizeof(r.arg));
 			stat_call(t, OP_REGISTER, sys_ioctl(nc, AEM_IOC_REGISTER, &r));
-			if (CH(d, 300))
-				stat_call(t, OP_ARENA_SETUP, sys_ioctl(nc, AEM_IOC_ARENA_SETUP, &as));
+			if (CH(d, 300)) {
+				ret = sys_ioctl(nc, AEM_IOC_ARENA_SETUP, &as);
+				stat_call(t, OP_ARENA_SETUP, ret);
+			}
 			ret = send_fd(sp[1], nc, false);	/* lands in sp[0] */
 		}
 		if (nc >= 0)
@@ -4123,7 +4165,7 @@ static void *thr_main(void *arg)
 /* ------------------------------------------------------------------ */
 /* Setup, the leak check, the summary                                 */
 
-static void usage(int code)
+static void help_exit(int code)
 {
 	fprintf(code ? stderr : stdout,
 		"usage: aem_fuzz [--seed N] [--calls N] [--seconds S] [--threads N]\n"
@@ -4214,7 +4256,8 @@ static void replay(const char *path)
 		exit(2);
 	}
 	fclose(f);
-	for (p = strtok(line + 11, " \n"); p; p = strtok(NULL, " \n")) {
+	line[strcspn(line, "\n")] = 0;
+	for (p = strtok(line + 11, " "); p; p = strtok(NULL, " ")) {
 		if (!strncmp(p, "seed=", 5))
 			O.seed = strtoull(p + 5, NULL, 0);
 		else if (!strncmp(p, "threads=", 8))
@@ -4255,7 +4298,7 @@ static int leak_check(struct thr *t, int uid, const char *when)
 	if (r)
 		FIND(t, "leak check: cannot read aem-user-regs from fdinfo: %s", en(r));
 	else if (regs || own)
-		FIND(t, "leak: %ld registrations of uid %d remain %s, every context closed and every child reaped (fresh context: %ld)",
+		FIND(t, "leak: %ld registrations of uid %d %s, all closed and reaped (fresh: %ld)",
 		     regs, uid, when, own);
 	return r ? -1 : (int)regs;
 }
@@ -4273,8 +4316,11 @@ static void summary(double secs, long leak)
 		total += sum[o];
 	}
 	l += snprintf(line + l, sizeof(line) - l,
-		      "aem_fuzz: seed=%" PRIu64 " threads=%d calls=%lu (main %lu, children %lu) seconds=%.1f calls/s=%.0f findings=%lu leak=%ld |",
-		      O.seed, O.threads, total, S->ioctls, S->child_ioctls, secs,
+		      "aem_fuzz: seed=%llu threads=%d calls=%lu (main %lu, children %lu)",
+		      (unsigned long long)O.seed, O.threads, total, S->ioctls,
+		      S->child_ioctls);
+	l += snprintf(line + l, sizeof(line) - l,
+		      " seconds=%.1f calls/s=%.0f findings=%lu leak=%ld |", secs,
 		      secs > 0 ? S->ioctls / secs : 0.0, S->findings, leak);
 	for (int o = 0; o < NOPS; o++) {
 		if (!sum[o])
@@ -4314,7 +4360,7 @@ int main(int argc, char **argv)
 	for (i = 1; i < argc; i++) {
 		const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
 
-#define NEEDV() do { if (!v) usage(2); i++; } while (0)
+#define NEEDV() do { if (!v) help_exit(2); i++; } while (0)
 		if (!strcmp(a, "--seed")) {
 			NEEDV();
 			O.seed = strtoull(v, NULL, 0);
@@ -4360,13 +4406,13 @@ int main(int argc, char **argv)
 		} else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) {
 			O.verbose = true;
 		} else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-			usage(0);
+			help_exit(0);
 		} else {
-			usage(2);
+			help_exit(2);
 		}
 	}
 	if (O.threads < 1 || O.threads > MAXT || O.calls < 0 || O.last < 1)
-		usage(2);
+		help_exit(2);
 	if (O.last > LOGN)
 		O.last = LOGN;
 	if (!seed_given)
@@ -4398,8 +4444,9 @@ int main(int argc, char **argv)
 	S->nthreads = O.threads;
 	skip_str(skip, sizeof(skip));
 	snprintf(S->hdr, sizeof(S->hdr),
-		 "# aem_fuzz seed=%" PRIu64 " threads=%d calls=%ld actions=%ld seconds=%g uid=%d skip=%s",
-		 O.seed, O.threads, O.calls, max_actions, O.seconds, O.uid, skip);
+		 "# aem_fuzz seed=%llu threads=%d calls=%ld actions=%ld seconds=%g uid=%d skip=%s",
+		 (unsigned long long)O.seed, O.threads, O.calls, max_actions,
+		 O.seconds, O.uid, skip);
 	if (O.log_path) {
 		log_fd = open(O.log_path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND |
 			      O_CLOEXEC, 0644);
@@ -4452,8 +4499,8 @@ int main(int argc, char **argv)
 	slots_init();
 	W.nthreads = O.threads;
 	printf("%s\n", S->hdr);
-	printf("aem_fuzz: seed %" PRIu64 " (uid %d, families %#x, min period %llu ns, max_regs %u, max_pending %u)\n",
-	       O.seed, (int)geteuid(), W.info.types,
+	printf("aem_fuzz: seed %llu (uid %d, families %#x, min period %llu ns, limits %u %u)\n",
+	       (unsigned long long)O.seed, (int)geteuid(), W.info.types,
 	       (unsigned long long)W.info.min_timer_period_ns, W.info.max_regs,
 	       W.info.max_pending);
 	fflush(stdout);
