@@ -13,6 +13,7 @@ from cglcert import kmsg
 from cglcert import results as res
 
 from conftest import REPO
+from test_certify import CATALOG, EXPECTED, all_pass
 
 # The first lines of each report as the 6.1 debug kernel prints them (dmesg rendering; the
 # KASAN, KFENCE, UBSAN, lockdep, ODEBUG, hung-task and soft-lockup ones as a test module
@@ -286,14 +287,13 @@ def test_kmemleak_clean_run_and_failed_scans(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- the judgement
 
-from test_certify import EXPECTED, all_pass, judge as judge_run  # noqa: E402
 
 
 def test_a_debug_run_with_clean_ktap_and_no_leak_certifies(tmp_path: Path) -> None:
     all_pass(tmp_path)
     write_ktap(tmp_path, "aem_test", "KTAP version 1\n1..1\nok 1 a\n", 0)
     write_scans(tmp_path, baseline=BOOT_LEAK, loaded=BOOT_LEAK, unloaded=BOOT_LEAK)
-    r = cf.judge(judge_run.__globals__["CATALOG"], EXPECTED, tmp_path, cf.Execution(),
+    r = cf.judge(CATALOG, EXPECTED, tmp_path, cf.Execution(),
                  {"kernel": "6.1.192-debug"}, backend="kmod", stress_wanted=False,
                  ktap=["aem_test"], kmemleak=True)
     assert r["health"]["blockers"] == []
@@ -311,7 +311,7 @@ def test_a_leak_a_ktap_failure_and_a_splat_in_a_ktap_case_block_the_verdict(
                 unloaded=BOOT_LEAK + AEM_LEAK)
     kasan = kmsg.Finding("kasan", "BUG: KASAN: use-after-free in aem_fd_wake+0x3c/0x60 [aem_fd]",
                          10, "fd_hup")  # aem_ktests' own marker names the case
-    r = cf.judge(judge_run.__globals__["CATALOG"], EXPECTED, tmp_path,
+    r = cf.judge(CATALOG, EXPECTED, tmp_path,
                  cf.Execution(findings=(kasan,)), {"kernel": "6.1.192-debug"}, backend="kmod",
                  stress_wanted=False, ktap=["aem_test", "aem_ktests"], kmemleak=True)
     blockers = r["health"]["blockers"]
@@ -373,7 +373,7 @@ def test_the_report_shows_the_debug_options_ktap_and_kmemleak(tmp_path: Path) ->
     env = {"kernel": "6.1.192-debug", "backend": "kmod",
            "kernel_debug_options": ["CONFIG_KASAN", "CONFIG_PROVE_LOCKING",
                                     "CONFIG_DEBUG_KMEMLEAK"]}
-    r = cf.judge(judge_run.__globals__["CATALOG"], EXPECTED, tmp_path, cf.Execution(), env,
+    r = cf.judge(CATALOG, EXPECTED, tmp_path, cf.Execution(), env,
                  backend="kmod", stress_wanted=False, ktap=["aem_test"], kmemleak=True)
     (tmp_path / "results.json").write_text(res.results_to_json(r))
     report = load_report([tmp_path])
