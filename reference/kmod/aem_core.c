@@ -211,7 +211,7 @@ static void aem_user_put(struct aem_user *u)
 
 /* Pop up to @max deliveries into @buf under ctx->mutex; returns count. */
 static unsigned int aem_pop_batch(struct aem_ctx *ctx,
-				  struct aem_delivery *buf, unsigned int max)
+				  struct aem_popped *buf, unsigned int max)
 {
 	unsigned int p = READ_ONCE(aem_boost_prio), i;
 	struct pid *old_pid = NULL;
@@ -230,7 +230,7 @@ static unsigned int aem_pop_batch(struct aem_ctx *ctx,
 	 * priority drops), in front of CPU hogs, before the handler starts.
 	 */
 	for (i = 0; p && i < n; i++) {
-		if (buf[i].prio >= p) {
+		if (buf[i].d.prio >= p) {
 			ctx->boost_hold = true;
 			ctx->boost_hold_task = current;
 			if (ctx->boost_pid != task_pid(current)) {
@@ -253,7 +253,7 @@ static unsigned int aem_pop_batch(struct aem_ctx *ctx,
  * faults the page in without the mutex and comes back.
  */
 static unsigned int aem_copy_deliveries(struct aem_ctx *ctx, u8 __user *dst,
-					u32 dsize, struct aem_delivery *buf,
+					u32 dsize, struct aem_popped *buf,
 					unsigned int n)
 {
 	unsigned long flags;
@@ -261,9 +261,10 @@ static unsigned int aem_copy_deliveries(struct aem_ctx *ctx, u8 __user *dst,
 
 	pagefault_disable();
 	for (i = 0; i < n; i++, dst += dsize) {
-		if (copy_to_user(dst, &buf[i], sizeof(buf[i])) ||
-		    (dsize > sizeof(buf[i]) &&
-		     clear_user(dst + sizeof(buf[i]), dsize - sizeof(buf[i]))))
+		if (copy_to_user(dst, &buf[i].d, sizeof(buf[i].d)) ||
+		    (dsize > sizeof(buf[i].d) &&
+		     clear_user(dst + sizeof(buf[i].d),
+				dsize - sizeof(buf[i].d))))
 			break;
 	}
 	pagefault_enable();
@@ -312,7 +313,7 @@ static int aem_wait_pending(struct aem_ctx *ctx, s64 timeout_ns,
 static int aem_ioc_wait(struct aem_ctx *ctx, void __user *uarg)
 {
 	unsigned int n, copied, faults = 0, total = 0, chunk;
-	struct aem_delivery *buf;
+	struct aem_popped *buf;
 	unsigned long flags;
 	ktime_t deadline = 0;
 	bool faulted;

@@ -81,6 +81,9 @@ struct aem_pnode {
 #define AEM_RS_DOOMED		0x2	/* final delivery queued or taken */
 #define AEM_RS_LIVE		0x4	/* setup done, visible in ctx->regs */
 #define AEM_RS_PARKED		0x8	/* re-check after the next delivery is taken */
+/* The last activation's enum aem_value_merge, for aem_unpop(). */
+#define AEM_RS_MERGE_SHIFT	4
+#define AEM_RS_MERGE		(0x3 << AEM_RS_MERGE_SHIFT)
 
 /**
  * struct aem_event - one registration
@@ -247,7 +250,9 @@ struct aem_user {
  * @kick:        irq_work: wake @wq, ring the doorbell
  * @reap_work:   destroys the registrations on @reap
  * @mutex:       see LOCKING
- * @regs:        id -> struct aem_event (xarray; ctx->mutex for changes)
+ * @regs:        id -> struct aem_event (xarray; ctx->mutex to store or erase
+ *              a registration; REGISTER reserves and frees an id (NULL)
+ *              without it)
  * @next_id:     cyclic id allocation hint
  * @nregs:       entries in @regs (ctx->mutex)
  * @opener:      the thread that opened the context (referenced)
@@ -349,8 +354,23 @@ void aem_level_add(struct aem_ctx *ctx, struct aem_pnode *n, bool head);
 void aem_level_del(struct aem_ctx *ctx, struct aem_pnode *n);
 void aem_enqueue(struct aem_ctx *ctx, struct aem_event *reg);
 void aem_dequeue(struct aem_ctx *ctx, struct aem_event *reg);
-bool aem_pop(struct aem_ctx *ctx, struct aem_delivery *d);
-void aem_unpop(struct aem_ctx *ctx, const struct aem_delivery *d);
+/**
+ * struct aem_popped - a delivery taken by aem_pop(), and what aem_unpop()
+ *                     needs to put it back exactly after a failed copy
+ * @d:      the delivery
+ * @merged: what the pop added to the registration's merged count
+ * @parked: the registration's AEM_RS_PARKED before the pop
+ * @kept:   the pop took one occurrence of several and left the value
+ */
+struct aem_popped {
+	struct aem_delivery d;
+	u64 merged;
+	u32 parked;
+	bool kept;
+};
+
+bool aem_pop(struct aem_ctx *ctx, struct aem_popped *p);
+void aem_unpop(struct aem_ctx *ctx, const struct aem_popped *p);
 void aem_after_pop(struct aem_ctx *ctx);
 void aem_pending_changed(struct aem_ctx *ctx);
 void aem_boost_check(struct aem_ctx *ctx);

@@ -101,12 +101,13 @@ void aem_dequeue(struct aem_ctx *ctx, struct aem_event *reg)
 }
 
 /*
- * Pop the most urgent delivery into @d. The registration's final delivery
- * (error, or AEM_ONESHOT) puts it on ctx->reap; the caller schedules the
- * reap work.
+ * Pop the most urgent delivery into @p->d, and what undoes the pop into
+ * the rest of @p. The registration's final delivery (error, or
+ * AEM_ONESHOT) puts it on ctx->reap; the caller schedules the reap work.
  */
-bool aem_pop(struct aem_ctx *ctx, struct aem_delivery *d)
+bool aem_pop(struct aem_ctx *ctx, struct aem_popped *p)
 {
+	struct aem_delivery *d = &p->d;
 	struct aem_pnode *n;
 	struct aem_event *reg;
 	unsigned int prio;
@@ -115,7 +116,7 @@ bool aem_pop(struct aem_ctx *ctx, struct aem_delivery *d)
 		return false;
 	prio = __fls(ctx->bitmap);
 	n = list_first_entry(&ctx->level[prio], struct aem_pnode, link);
-	memset(d, 0, sizeof(*d));
+	memset(p, 0, sizeof(*p));
 	d->prio = prio;
 	if (n == &ctx->overload) {
 		aem_level_del(ctx, n);
@@ -137,13 +138,16 @@ bool aem_pop(struct aem_ctx *ctx, struct aem_delivery *d)
 		/* One occurrence now, the rest after its level's others. */
 		d->count = 1;
 		d->value = reg->value;
+		p->kept = true;
 		reg->count--;
 		list_move_tail(&n->link, &ctx->level[prio]);
 	} else {
 		d->count = reg->count;
 		d->value = reg->value;
-		if (reg->count > 1)
-			reg->stats.merged += reg->count - 1;
+		if (reg->count > 1) {
+			p->merged = reg->count - 1;
+			reg->stats.merged += p->merged;
+		}
 		reg->count = 0;
 		reg->value = 0;
 		reg->error = 0;
@@ -167,13 +171,20 @@ bool aem_pop(struct aem_ctx *ctx, struct aem_delivery *d)
 		/* Level trigger, or a parked source: go on at the next pop? */
 		list_add_tail(&reg->recheck_link, &ctx->recheck);
 	}
+	p->parked = reg->state & AEM_RS_PARKED;
 	reg->state &= ~AEM_RS_PARKED;
 	return true;
 }
 
-/* Undo aem_pop() of @d after a failed copy; ctx->mutex and ctx->lock held. */
-void aem_unpop(struct aem_ctx *ctx, const struct aem_delivery *d)
+/*
+ * Undo aem_pop() of @p after a failed copy; ctx->mutex and ctx->lock held.
+ * Occurrences counted since the pop are newer than the ones put back: their
+ * value wins a SET merge, and the counts read in STATS are as if the pop had
+ * never happened (a fault in the caller's buffer loses and invents nothing).
+ */
+void aem_unpop(struct aem_ctx *ctx, const struct aem_popped *p)
 {
+	const struct aem_delivery *d = &p->d;
 	struct aem_event *reg;
 
 	if (!d->id) {
@@ -186,12 +197,24 @@ void aem_unpop(struct aem_ctx *ctx, const struct aem_delivery *d)
 	if (WARN_ON_ONCE(!reg))
 		return;
 	if (!reg->count) {
-		/* The family data belongs to the delivery put back. */
+		/* Nothing newer: the delivery's data and value are current. */
 		reg->data[0] = d->data[0];
 		reg->data[1] = d->data[1];
+		reg->value = d->value;
+	} else if (!p->kept) {
+		/* The pop took the value: merge it under the newer ones. */
+		switch ((reg->state & AEM_RS_MERGE) >> AEM_RS_MERGE_SHIFT) {
+		case AEM_VALUE_OR:
+			reg->value |= d->value;
+			break;
+		case AEM_VALUE_ADD:
+			reg->value += d->value;
+			break;
+		}
 	}
 	reg->count += d->count;
-	reg->value |= d->value;
+	reg->stats.merged -= p->merged;
+	reg->state |= p->parked;
 	reg->stats.deliveries--;
 	if (d->flags & AEM_DLV_FINAL) {
 		list_del_init(&reg->reap_link);
@@ -386,6 +409,7 @@ static bool __aem_activate(struct aem_event *reg, u64 count, u64 value,
 		reg->stats.activations = U64_MAX;
 	if (check_add_overflow(reg->count, count, &reg->count))
 		reg->count = U64_MAX;
+	reg->state = (reg->state & ~AEM_RS_MERGE) | (how << AEM_RS_MERGE_SHIFT);
 	switch (how) {
 	case AEM_VALUE_SET:
 		reg->value = value;

@@ -302,6 +302,7 @@ static bool aem_mem_is_zero(const void *p, size_t len)
 
 int aem_ioc_register(struct aem_ctx *ctx, void __user *uarg)
 {
+	struct aem_reg __user *ureg = uarg;
 	struct aem_family *fam;
 	struct aem_event *reg;
 	struct aem_reg kreg;
@@ -330,6 +331,20 @@ int aem_ioc_register(struct aem_ctx *ctx, void __user *uarg)
 			     sizeof(kreg.arg) - fam->arg_size))
 		goto out_put;
 
+	/*
+	 * Reserve the id (lookups see NULL until setup succeeded) and store
+	 * it before the source is hooked: from then on the first delivery
+	 * may reach the ring or another thread's WAIT, and a registration
+	 * that exists must never be reported as an error. The store may
+	 * fault, so it is done before ctx->mutex is taken.
+	 */
+	ret = xa_alloc_cyclic(&ctx->regs, &id, NULL, XA_LIMIT(1, INT_MAX),
+			      &ctx->next_id, GFP_KERNEL_ACCOUNT);
+	if (ret < 0)
+		goto out_put;
+	ret = -EFAULT;
+	if (put_user(id, &ureg->id))
+		goto out_unreserve;
 	mutex_lock(&ctx->mutex);
 	ret = -EMFILE;
 	if (ctx->nregs >= READ_ONCE(aem_max_regs))
@@ -358,11 +373,6 @@ int aem_ioc_register(struct aem_ctx *ctx, void __user *uarg)
 	INIT_LIST_HEAD(&reg->arena_link);
 	if (kreg.flags & AEM_DISABLED)
 		reg->state |= AEM_RS_DISABLED;
-	/* Reserve the id (lookups see NULL) until setup succeeded. */
-	ret = xa_alloc_cyclic(&ctx->regs, &id, NULL, XA_LIMIT(1, INT_MAX),
-			      &ctx->next_id, GFP_KERNEL_ACCOUNT);
-	if (ret < 0)
-		goto out_free;
 	reg->id = id;
 	ctx->nregs++;
 	ret = fam->setup(reg, &kreg.arg);
@@ -374,23 +384,11 @@ int aem_ioc_register(struct aem_ctx *ctx, void __user *uarg)
 		 */
 		aem_reg_unlink(ctx, reg);
 		ctx->nregs--;
-		xa_erase(&ctx->regs, id);
 		goto out_free;
 	}
 	xa_store(&ctx->regs, id, reg, GFP_KERNEL);	/* slot exists */
 	reg->state |= AEM_RS_LIVE;
 	aem_ctx_unlock(ctx);
-	/* @reg may be cleaned by another thread from here on. */
-	if (put_user(id, &((struct aem_reg __user *)uarg)->id)) {
-		/* An error means no registration: clean it, if still ours. */
-		mutex_lock(&ctx->mutex);
-		if (aem_reg_find(ctx, id) == reg) {
-			xa_erase(&ctx->regs, id);
-			aem_reg_destroy(ctx, reg);
-		}
-		aem_ctx_unlock(ctx);
-		return -EFAULT;
-	}
 	return id;
 
 out_free:
@@ -399,6 +397,8 @@ out_unuser:
 	atomic_dec(&ctx->user->nregs);
 out_unlock:
 	aem_ctx_unlock(ctx);
+out_unreserve:
+	xa_erase(&ctx->regs, id);
 out_put:
 	module_put(fam->owner);
 	return ret;

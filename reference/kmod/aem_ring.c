@@ -55,15 +55,15 @@ bool aem_ring_nonempty(struct aem_ctx *ctx)
 u32 aem_ring_refill(struct aem_ctx *ctx)
 {
 	struct aem_ring *ring = ctx->ring;
-	struct aem_delivery d;
+	struct aem_popped p;
 	u32 head, n = 0;
 
 	if (!ring)
 		return 0;
 	/* Pairs with the consumer's store-release of head. */
 	head = smp_load_acquire(&ring->hdr->head);
-	while (ring->ktail - head < ring->entries && aem_pop(ctx, &d)) {
-		ring->ents[ring->ktail & (ring->entries - 1)] = d;
+	while (ring->ktail - head < ring->entries && aem_pop(ctx, &p)) {
+		ring->ents[ring->ktail & (ring->entries - 1)] = p.d;
 		ring->ktail++;
 		n++;
 	}

@@ -1771,6 +1771,7 @@ static void act_register(struct thr *t, struct draw *d)
 	struct exp e = { 0 };
 	int slot = -1, kind = K_NONE, wfd = -1, prio = AEM_PRIO_DEFAULT;
 	bool self = false, locked = false, sem_ok = false, have_slock = false;
+	bool core_bad;
 	int arena_known;
 	char what[64] = "";
 	uint32_t type, exec;
@@ -1945,25 +1946,29 @@ static void act_register(struct thr *t, struct draw *d)
 			if (dirty_union)
 				viol(&e, EINVAL);
 		}
-		if (!has_viol(&e)) {
-			switch (type) {
-			case AEM_EV_TIMER:
-				if (f & (AEM_EDGE | AEM_LEVEL))
-					viol(&e, EINVAL);
-				if (r.arg.timer.value_ns < 0 || r.arg.timer.period_ns < 0)
-					viol(&e, EINVAL);
-				if (r.arg.timer.period_ns > 0 &&
-				    (uint64_t)r.arg.timer.period_ns < W.info.min_timer_period_ns)
-					viol(&e, EINVAL);
-				break;
-			case AEM_EV_SOFT:
-				if (f & (AEM_EDGE | AEM_LEVEL | AEM_ABSTIME | AEM_REALTIME))
-					viol(&e, EINVAL);
-				break;
-			default:
-				break;	/* after the fd is known */
-			}
-		}
+	}
+	/*
+	 * The id is stored after these checks and before the family's
+	 * setup and the limits: a struct that cannot take it back is -EFAULT
+	 * whatever the family would have said, and no registration exists.
+	 */
+	core_bad = has_viol(&e);
+	switch (core_bad ? 0 : type) {
+	case AEM_EV_TIMER:
+		if (r.flags & (AEM_EDGE | AEM_LEVEL))
+			viol(&e, EINVAL);
+		if (r.arg.timer.value_ns < 0 || r.arg.timer.period_ns < 0)
+			viol(&e, EINVAL);
+		if (r.arg.timer.period_ns > 0 &&
+		    (uint64_t)r.arg.timer.period_ns < W.info.min_timer_period_ns)
+			viol(&e, EINVAL);
+		break;
+	case AEM_EV_SOFT:
+		if (r.flags & (AEM_EDGE | AEM_LEVEL | AEM_ABSTIME | AEM_REALTIME))
+			viol(&e, EINVAL);
+		break;
+	default:
+		break;	/* after the fd is known */
 	}
 	/* the watched fd: take the slot's lock across the call */
 	if (slot >= 0 || self) {
@@ -2066,7 +2071,10 @@ static void act_register(struct thr *t, struct draw *d)
 		maybe(&e, EDQUOT);
 	maybe(&e, ENOMEM);
 	sem_ok = !has_viol(&e);
-	frame_ro(&cl, &e);
+	if (cl.place == PL_RO && cl.inout && !core_bad) {
+		memset(&e, 0, sizeof(e));
+		viol(&e, EFAULT);
+	}
 	c->inflight++;
 	pthread_mutex_unlock(&W.lock);
 

@@ -353,14 +353,25 @@ AEM_TEST(wait_huge_timeout_waits, .needs = AEM_NEED_TIMER)
 
 /*
  * REGISTER whose struct cannot take the id back returned -EFAULT but left
- * the registration alive (nobody knew its id). Now -EFAULT means none.
+ * the registration alive (nobody knew its id). Then it returned -EFAULT
+ * after the source was hooked: a ready fd's first delivery was already in
+ * the ring, naming a registration that "failed". Now the id is stored
+ * before anything is watched: -EFAULT means no registration and no
+ * delivery.
  */
-AEM_TEST(register_efault_leaves_nothing)
+AEM_TEST(register_efault_leaves_nothing, .needs = AEM_NEED_FD)
 {
+	struct aem_ring_setup rs = { .size = sizeof(rs), .entries = 8 };
+	struct aem_ring_hdr *hdr;
+	struct aem_delivery d;
+	int fd = aem_open(), ret, p[2];
 	struct aem_reg *r;
-	int fd = aem_open(), ret;
 
 	CHECK(fd >= 0, "open");
+	CHECK(pipe(p) == 0, "pipe");
+	CHECK(aem_ioctl(fd, AEM_IOC_RING_SETUP, &rs) == 0, "ring setup");
+	hdr = mmap(NULL, rs.mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	CHECK(hdr != MAP_FAILED, "mmap ring");
 	r = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	CHECK(r != MAP_FAILED, "mmap");
 	r->size = sizeof(*r);
@@ -368,8 +379,110 @@ AEM_TEST(register_efault_leaves_nothing)
 	CHECK(mprotect(r, 4096, PROT_READ) == 0, "mprotect");
 	ret = aem_ioctl(fd, AEM_IOC_REGISTER, r);
 	CHECK(ret == -EFAULT, "register into a read-only struct: %d", ret);
+	/* A pipe's write end is ready at once: setup activates it. */
+	CHECK(mprotect(r, 4096, PROT_READ | PROT_WRITE) == 0, "mprotect");
+	memset(r, 0, sizeof(*r));
+	r->size = sizeof(*r);
+	r->type = AEM_EV_FD;
+	r->arg.fd.fd = p[1];
+	r->arg.fd.events = 0x4;		/* POLLOUT */
+	CHECK(mprotect(r, 4096, PROT_READ) == 0, "mprotect");
+	ret = aem_ioctl(fd, AEM_IOC_REGISTER, r);
+	CHECK(ret == -EFAULT, "register a ready fd into a read-only struct: %d", ret);
 	CHECK(aem_fdinfo(fd, "aem-regs") == 0, "%ld registrations after -EFAULT",
 	      aem_fdinfo(fd, "aem-regs"));
+	CHECK(__atomic_load_n(&hdr->tail, __ATOMIC_ACQUIRE) == 0,
+	      "%u deliveries in the ring of registrations that failed", hdr->tail);
+	ret = aem_wait(fd, &d, 1, 0);
+	CHECK(ret == 0, "WAIT found %d deliveries (id %llu) after failed REGISTERs", ret,
+	      (unsigned long long)d.id);
+	close(p[0]);
+	close(p[1]);
+	close(fd);
+}
+
+/* ---- a faulted WAIT puts back exactly what it took ---- */
+
+struct raiser {
+	int fd, id;
+	volatile int stop;
+	uint64_t last;		/* the value of the last raise */
+};
+
+static void *raise_values(void *arg)
+{
+	struct raiser *rs = arg;
+
+	while (!rs->stop && aem_raise(rs->fd, rs->id, 1, rs->last + 1) == 0)
+		rs->last++;
+	return NULL;
+}
+
+/*
+ * A WAIT whose buffer faults pops, fails the copy and puts the delivery
+ * back. The put-back left stats.merged counting a merge that never
+ * happened (two raises and one faulted WAIT: merged 1, deliveries 0), and
+ * OR-ed the taken value into newer ones: a soft event's value is the last
+ * raised (SET), and 5 put back under a newer 6 read 7. Now the counts are
+ * as if the WAIT never happened, and the newest value wins. The second
+ * part races raises against faulted WAITs, each one a window (at most
+ * 20,000 of them, or 3 s).
+ */
+AEM_TEST(wait_efault_puts_back_exactly)
+{
+	struct raiser rs = { 0 };
+	struct aem_reg_stats st;
+	struct aem_delivery d;
+	int fd = aem_open(), id, r, i;
+	uint64_t t0;
+	pthread_t th;
+	void *bad;
+
+	CHECK(fd >= 0, "open");
+	bad = mmap(NULL, 4096, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	CHECK(bad != MAP_FAILED, "mmap");
+	id = aem_reg_soft(fd, 0);
+	CHECK(id > 0, "register");
+	CHECK(aem_raise(fd, id, 1, 5) == 0 && aem_raise(fd, id, 1, 9) == 0, "raise");
+	for (i = 0; i < 3; i++) {
+		r = aem_wait(fd, bad, 1, 0);
+		CHECK(r == -EFAULT, "WAIT into a PROT_NONE page: %d", r);
+	}
+	CHECK(aem_stats(fd, id, &st) == 0, "stats");
+	CHECK(st.activations == 2 && st.deliveries == 0 && st.merged == 0 && st.pending == 2,
+	      "after 3 faulted WAITs: activations %llu deliveries %llu merged %llu pending %llu",
+	      (unsigned long long)st.activations, (unsigned long long)st.deliveries,
+	      (unsigned long long)st.merged, (unsigned long long)st.pending);
+	r = aem_wait(fd, &d, 1, 0);
+	CHECK(r == 1 && d.count == 2 && d.value == 9, "WAIT: %d, count %llu value %llu", r,
+	      (unsigned long long)d.count, (unsigned long long)d.value);
+	CHECK(aem_stats(fd, id, &st) == 0 && st.merged == 1 && st.deliveries == 1,
+	      "merged %llu deliveries %llu", (unsigned long long)st.merged,
+	      (unsigned long long)st.deliveries);
+
+	rs.fd = fd;
+	rs.id = id;
+	rs.last = 9;		/* raises 10, 11, ...: distinct bits to OR */
+	CHECK(pthread_create(&th, NULL, raise_values, &rs) == 0, "thread");
+	t0 = aem_now_ns();
+	for (i = 0; i < 20000 && aem_now_ns() - t0 < 3000000000ULL; i++) {
+		r = aem_wait(fd, bad, 1, 0);
+		if (r != -EFAULT && r != 0)
+			break;
+	}
+	rs.stop = 1;
+	pthread_join(th, NULL);
+	CHECK(r == -EFAULT || r == 0, "faulted WAIT %d: %d", i, r);
+	CHECK(rs.last > 9, "the raiser raised %llu", (unsigned long long)rs.last);
+	r = aem_wait(fd, &d, 1, 0);
+	CHECK(r == 1 && d.count == rs.last - 9 && d.value == rs.last,
+	      "after %d faulted WAITs against %llu raises: count %llu value %llu",
+	      i, (unsigned long long)(rs.last - 9), (unsigned long long)d.count,
+	      (unsigned long long)d.value);
+	CHECK(aem_stats(fd, id, &st) == 0 && st.deliveries == 2 && st.pending == 0 &&
+	      st.merged == 1 + rs.last - 9 - 1,
+	      "deliveries %llu pending %llu merged %llu", (unsigned long long)st.deliveries,
+	      (unsigned long long)st.pending, (unsigned long long)st.merged);
 	close(fd);
 }
 

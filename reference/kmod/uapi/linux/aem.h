@@ -192,7 +192,9 @@ union aem_reg_arg {
  * allowed by policy), -EOPNOTSUPP (no family module serves the type or the
  * requested version), -EMFILE (max_regs of the context reached), -EDQUOT
  * (max_regs_per_user reached), -ENOMEM, -EFAULT (the id could not be
- * stored: no registration is left). A periodic timer whose last expiration
+ * stored: no registration exists). The id is stored before the source is
+ * watched, so no delivery ever names a registration whose REGISTER failed;
+ * on an error @id holds nothing of use. A periodic timer whose last expiration
  * was not taken stops interrupting until it is (like timerfd); its counts
  * stay exact: the periods it missed are counted into the pending delivery
  * and into AEM_CTL_STATS.
@@ -293,7 +295,8 @@ struct aem_delivery {
  * forever), then pops up to @max deliveries, highest priority first, FIFO
  * within a priority, into the array at @deliveries (stride @dsize).
  * Returns how many (0 on timeout), -EINTR on a signal. A delivery that
- * cannot be copied out is put back; -EFAULT when none could be.
+ * cannot be copied out is put back exactly, as if never taken (its count,
+ * value and AEM_CTL_STATS); -EFAULT when none could be.
  * A delivery at or above aem_info.boost_prio keeps the boost until the
  * caller's next ioctl on the context: its handler runs boosted.
  */
