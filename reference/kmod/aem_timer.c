@@ -46,6 +46,9 @@
  * @timer:  the hrtimer (hardirq callback)
  * @period: 0 for a one-shot timer
  * @reg:    the registration it activates
+ * @lock:   see LOCKING
+ * @parked: the last expiry found its predecessor unconsumed and did not
+ *          re-arm (@lock)
  */
 struct aem_timer {
 	struct hrtimer timer;
