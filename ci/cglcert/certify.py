@@ -13,13 +13,18 @@ unit-tested in ``ci/tests/test_certify.py``.
 4. **execute**  on the target (:mod:`cglcert.targets`): load the modules, run the suite with
                 a kernel-log marker around every test, the stress pass, unload the modules;
                 on the debug kernel (:mod:`cglcert.debugkernel`) also the modules' KTAP
-                programs before the unload and kmemleak scans (before and after it).
+                programs before the unload and kmemleak scans (before and after it); on
+                the kmod backend, when asked (by default on the debug kernel), the ABI
+                fuzzer's seeded passes and trinity after the KTAP programs.
 5. **judge**    ``results.json``: the suite's outcomes; a splat during a test fails that
                 test; a splat outside tests, an unacceptable taint or a failed unload blocks
                 the verdict; stress thresholds (the catalog's) become tests of their
                 requirement; a boot failure, a module that does not load or a harness fault
                 is ERROR, never a kernel FAIL; a KTAP program that fails (or splats) and a
-                memory leak kmemleak reports block the verdict.
+                memory leak kmemleak reports block the verdict, as does a fuzz pass with a
+                finding, a leak or no summary (the fuzzer died), or trinity that did not
+                run; ``results.json`` ``hardening`` holds the fuzz passes and the fault
+                sweep's table (:func:`fault_sweep`, :func:`fuzz_results`).
 6. **report**   HTML, Markdown, JUnit, KTAP and KCIDB into ``RUN/report/``.
 """
 
@@ -27,7 +32,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import errno as errno_names
 import hashlib
+import math
 import json
 import re
 import shlex
@@ -49,6 +56,7 @@ PACKAGES = {
     "build": ["cmake", "ninja-build", "g++", "make", "pkg-config", "libgtest-dev"],
     "qemu": ["qemu-system-x86", "busybox-static", "lz4"],
     "stress": ["libbenchmark-dev", "liburing-dev", "libuv1-dev", "stress-ng", "rt-tests"],
+    "trinity": ["trinity"],
 }
 #: The stress profile run by each certification profile (``cglcert stress --<profile>``).
 STRESS_PROFILE = {"quick": "smoke", "default": "quick", "full": "full"}
@@ -75,6 +83,55 @@ STRESS_FEEDS = {"aem_stress_delivery": ("AEM-3.5.1",), "aem_stress_atomicity": (
                 "aem_bench_compare": ("AEM-3.3.1",),
                 "aem_prio_latency": ("AEM-3.2.1", "AEM-3.2.2")}
 STRESS_PREFIX = "stress."
+#: The ABI fuzzer of /dev/aem (built with the KTAP programs), relative to the repository.
+FUZZER = Path("reference/kmod/tests/aem_fuzz")
+#: trinity's runner in the guest (``ci/run-kmod-fuzz --trinity-in-guest SECONDS LOG``).
+TRINITY_RUNNER = Path("ci/run-kmod-fuzz")
+#: A fuzz pass runs between ``aem-test: begin fuzz.pass-N`` and ``... end fuzz.pass-N``,
+#: trinity between the markers of ``fuzz.trinity``.
+FUZZ_PREFIX = "fuzz."
+PHASE_TRINITY = "fuzz.trinity"
+#: The uid the fuzzer and trinity drop to (the KTAP harness's test user).
+FUZZ_UID = 1000
+#: Threads of the two passes: one (deterministic: a seed replays), then four.
+FUZZ_THREADS = (1, 4)
+#: On the debug kernel, unless told otherwise: calls per pass, trinity's seconds.
+DEBUG_FUZZ_CALLS, DEBUG_TRINITY_SECONDS = 40000, 60
+#: Each pass's time bound (aem_fuzz --seconds): 3 ms a call (TCG on 2 cores makes 550-1050
+#: calls/s on Debian's kernel), at least 120 s, times Plan.timeout_factor.
+FUZZ_SECONDS_PER_CALL, FUZZ_MIN_SECONDS = 0.003, 120
+#: Seconds beyond a pass's bound for its leak check and children, and beyond trinity's
+#: seconds for its set-up and exit (times Plan.timeout_factor).
+FUZZ_MARGIN, TRINITY_MARGIN = 90, 60
+#: aem_ktests' fault-injection tests, whose tables the report shows.
+FAULT_PROGRAM, FAULT_SWEEP, FAULT_SITES = "aem_ktests", "fault_sweep_fail_nth", "fault_sites_own"
+
+
+@dataclass(frozen=True)
+class FuzzPass:
+    """One aem_fuzz pass: its number (1-based), seed, threads, calls and time bound (s)."""
+
+    number: int
+    seed: int
+    threads: int
+    calls: int
+    seconds: int
+
+    @property
+    def phase(self) -> str:
+        """Its kernel-log marker name: ``fuzz.pass-N``."""
+        return f"{FUZZ_PREFIX}pass-{self.number}"
+
+    def argv(self, fuzzer: str = "aem_fuzz") -> list[str]:
+        """The command line of the pass (as root: the fuzzer drops to uid 1000 itself)."""
+        return [fuzzer, "--seed", str(self.seed), "--threads", str(self.threads),
+                "--calls", str(self.calls), "--uid", str(FUZZ_UID), "--seconds",
+                str(self.seconds), "--ring-file", f"/tmp/ring-{self.number}"]
+
+    def reproduce(self) -> str:
+        """The command that replays the pass (the seed; one thread replays exactly)."""
+        return (f"aem_fuzz --seed {self.seed} --threads {self.threads} --calls {self.calls} "
+                f"--uid {FUZZ_UID}")
 
 
 @dataclass
@@ -106,6 +163,12 @@ class Plan:
     #: Scan for memory leaks (the kernel has kmemleak): before the suite (the baseline),
     #: before the unload and after it.
     kmemleak: bool = False
+    #: The ABI fuzzer (kmod backend), after the KTAP programs, modules loaded: calls per
+    #: pass (0: no fuzz pass), the first pass's seed (the second's is seed + 1), and
+    #: trinity's seconds against /dev/aem (0: no trinity).
+    fuzz_calls: int = 0
+    fuzz_seed: int = 1
+    trinity: int = 0
 
     def scaled(self, seconds: float) -> int:
         """*seconds* of a Debian kernel, for this kernel."""
@@ -124,6 +187,30 @@ class Plan:
         """Seconds the KTAP phase may take in all."""
         return self.scaled(KTAP_TIMEOUT) * len(self.ktap)
 
+    def fuzz_passes(self) -> list[FuzzPass]:
+        """The fuzz passes to run: none, or one per :data:`FUZZ_THREADS` (seed, seed + 1)."""
+        if self.fuzz_calls <= 0:
+            return []
+        bound = self.scaled(max(FUZZ_MIN_SECONDS,
+                                math.ceil(self.fuzz_calls * FUZZ_SECONDS_PER_CALL)))
+        return [FuzzPass(i + 1, self.fuzz_seed + i, threads, self.fuzz_calls, bound)
+                for i, threads in enumerate(FUZZ_THREADS)]
+
+    def fuzz_pass_timeout(self, p: FuzzPass) -> int:
+        """The watchdog of one pass: its bound plus the leak check and its children."""
+        return p.seconds + self.scaled(FUZZ_MARGIN)
+
+    @property
+    def trinity_timeout(self) -> int:
+        """The watchdog of trinity: its seconds plus its set-up and exit."""
+        return self.trinity + self.scaled(TRINITY_MARGIN) if self.trinity > 0 else 0
+
+    @property
+    def fuzz_timeout(self) -> int:
+        """Seconds the fuzz phase may take in all (each watchdog, plus its -k 10)."""
+        passes = sum(self.fuzz_pass_timeout(p) + 10 for p in self.fuzz_passes())
+        return passes + (self.trinity_timeout + 10 if self.trinity > 0 else 0)
+
     @property
     def kmemleak_timeout(self) -> int:
         """Seconds the leak scans may take in all (each scan walks the whole memory)."""
@@ -133,7 +220,8 @@ class Plan:
     def target_timeout(self) -> int:
         """Seconds the whole script may take on the target."""
         return (self.suite_timeout + (self.stress_timeout if self.stress else 0)
-                + self.ktap_timeout + self.kmemleak_timeout + self.scaled(120))
+                + self.ktap_timeout + self.fuzz_timeout + self.kmemleak_timeout
+                + self.scaled(120))
 
 
 @dataclass
@@ -187,8 +275,8 @@ def run_name(release: str, backend: str, when: dt.datetime | None = None) -> str
     return f"{when.strftime('%Y%m%dT%H%M%SZ')}-{release}-{backend}"
 
 
-def packages_needed(target: str, stress: bool) -> list[str]:
-    """Debian packages for a run on *target*."""
+def packages_needed(target: str, stress: bool, trinity: bool = False) -> list[str]:
+    """Debian packages for a run on *target* (*trinity*: a run fuzzes with trinity)."""
     pk = list(PACKAGES["build"])
     if target == "qemu":
         pk += PACKAGES["qemu"]
@@ -196,6 +284,8 @@ def packages_needed(target: str, stress: bool) -> list[str]:
         pk.append("openssh-client")
     if stress:
         pk += PACKAGES["stress"]
+    if trinity:
+        pk += PACKAGES["trinity"]
     return pk
 
 
@@ -270,6 +360,25 @@ def build_ktap(repo: Path) -> list[Path]:
         raise InfraError("make -C reference/kmod tests built none of "
                          + ", ".join(KTAP_PROGRAMS))
     return found
+
+
+def build_fuzzer(repo: Path) -> Path:
+    """Build the ABI fuzzer (``make -C reference/kmod/tests aem_fuzz``: static, user
+    space); return it."""
+    _check(["make", "-s", "-C", str(repo / "reference" / "kmod" / "tests"), FUZZER.name],
+           "building the ABI fuzzer (reference/kmod/tests/aem_fuzz)")
+    path = repo / FUZZER
+    if not path.is_file():
+        raise InfraError(f"the build did not produce {path}")
+    return path
+
+
+def fuzz_settings(fuzz_calls: int | None, trinity: int | None, debug: bool) -> tuple[int, int]:
+    """(calls per pass, trinity's seconds): those given, else the debug kernel's defaults
+    (:data:`DEBUG_FUZZ_CALLS`, :data:`DEBUG_TRINITY_SECONDS`), else none."""
+    calls = fuzz_calls if fuzz_calls is not None else DEBUG_FUZZ_CALLS if debug else 0
+    secs = trinity if trinity is not None else DEBUG_TRINITY_SECONDS if debug else 0
+    return calls, secs
 
 
 def build_suite(repo: Path, build_dir: Path) -> Path:
@@ -391,7 +500,9 @@ def target_script(plan: Plan, art: Artifacts) -> str:
     It needs nothing but a POSIX shell and coreutils on the target (no Python), and writes
     into the run directory: ``gtest.xml``, ``suite.log`` and ``suite.rc``; per stress
     program ``stress/NN-PROG.{json,err,rc,start,end}``; per KTAP program
-    ``ktap/PROG.{tap,rc}``; ``unload.log`` and ``unload.rc``; with kmemleak
+    ``ktap/PROG.{tap,rc}``; per fuzz pass ``fuzz/pass-N.{txt,rc}`` (and ``fuzz/ring-N.txt``,
+    the last calls of each thread, when the pass failed), trinity's ``fuzz/trinity.{txt,rc}``;
+    ``unload.log`` and ``unload.rc``; with kmemleak
     ``kmemleak-{baseline,loaded,unloaded}.{txt,rc}``. Each phase runs even when the one
     before failed: the judgement needs them all.
     """
@@ -467,6 +578,8 @@ def target_script(plan: Plan, art: Artifacts) -> str:
                 f"  mark end {KTAP_PREFIX}{name}",
                 "fi",
             ]
+    if kmod:
+        lines += fuzz_script(plan)
     if kmod and plan.kmemleak:
         lines += ["# leaks with the modules loaded (their frames are named in the report)",
                   f"mark begin {PHASE_KMEMLEAK}", "leakcheck loaded", f"mark end {PHASE_KMEMLEAK}"]
@@ -485,6 +598,47 @@ def target_script(plan: Plan, art: Artifacts) -> str:
                   f"mark end {PHASE_KMEMLEAK}"]
     lines.append("exit 0")
     return "\n".join(lines) + "\n"
+
+
+def fuzz_script(plan: Plan) -> list[str]:
+    """The fuzz phase of the target script (kmod backend, modules loaded): each pass of
+    aem_fuzz, then trinity, between the kernel-log markers of ``fuzz.pass-N`` and
+    ``fuzz.trinity``; nothing when neither is asked."""
+    q = shlex.quote
+    passes = plan.fuzz_passes()
+    if not passes and plan.trinity <= 0:
+        return []
+    path = str(plan.repo / FUZZER)
+    fuzzer = q(path)
+    lines = ["# 3b. the ABI fuzzer: seeded passes of aem_fuzz (started as root, it drops to "
+             f"uid {FUZZ_UID}), then trinity", 'mkdir -p "$R/fuzz"']
+    for p in passes:
+        out = f'"$R/fuzz/pass-{p.number}'
+        lines += [
+            f"if [ -x {fuzzer} ]; then",
+            f"  mark begin {p.phase}",
+            f"  timeout -k 10 {plan.fuzz_pass_timeout(p)} {shlex.join(p.argv(path))} "
+            f'> {out}.txt" 2>&1',
+            "  rc=$?",
+            f'  echo $rc > {out}.rc"',
+            f"  mark end {p.phase}",
+            "  # the last calls of each thread, kept in the ring file: what led to a failure",
+            f"  [ $rc -eq 0 ] || {fuzzer} --dump-ring /tmp/ring-{p.number} "
+            f'> "$R/fuzz/ring-{p.number}.txt" 2>&1',
+            "fi",
+        ]
+    if plan.trinity > 0:
+        runner = q(str(plan.repo / TRINITY_RUNNER))
+        lines += [
+            f"# trinity against /dev/aem as uid {FUZZ_UID} for {plan.trinity} s "
+            "(ci/run-kmod-fuzz sets it up; exit 0: it ran)",
+            f"mark begin {PHASE_TRINITY}",
+            f"timeout -k 10 {plan.trinity_timeout} {runner} --trinity-in-guest {plan.trinity} "
+            '"$R/fuzz/trinity.txt"',
+            'echo $? > "$R/fuzz/trinity.rc"',
+            f"mark end {PHASE_TRINITY}",
+        ]
+    return lines
 
 
 # --------------------------------------------------------------------------- judgement
@@ -670,6 +824,311 @@ def ktap_results(run_dir: Path, programs: Sequence[str], *, ran: bool = True,
     return tests, summary
 
 
+# --------------------------------------------------------------------------- hardening
+
+
+def ktap_case_diagnostics(text: str) -> dict[str, dict[str, Any]]:
+    """Per top-level case of a KTAP document: its outcome (PASS, FAIL, SKIP), reason (the
+    skip's, or the harness's ``# NAME: why`` line before a ``not ok``) and the diagnostic
+    lines (``# ...``, the ``# `` dropped) printed since the previous case's result line."""
+    cases: dict[str, dict[str, Any]] = {}
+    diag: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            diag.append(line[1:].strip())
+            continue
+        m = _KTAP_LINE.match(line.rstrip())
+        if not m or line[:1].isspace():
+            continue
+        name = m["name"].strip()
+        directive = (m["directive"] or "").upper()
+        outcome = (res.FAIL if m["not"] and directive != "TODO" else
+                   res.SKIP if directive == "SKIP" else res.PASS)
+        reason = (m["why"] or "").strip()
+        if outcome == res.FAIL:
+            own = [d[len(name) + 1:].strip() for d in diag if d.startswith(f"{name}:")]
+            reason = own[-1] if own else reason
+        cases[name] = {"outcome": outcome, "reason": reason, "diagnostics": diag}
+        diag = []
+    return cases
+
+
+_SWEEP_HEAD = re.compile(r"^operation\s+points\s+failed\b")
+_SWEEP_ROW = {  # with the "leaked" column (since aem_ktests counts it per operation), without
+    True: re.compile(r"^(?P<op>[A-Za-z_]\w*)\s+(?P<points>\d+)\s+(?P<failed>\d+)\s+"
+                     r"(?P<leaked>-?\d+)\s+(?P<errnos>-|\d+(?:\s+\d+)*)$"),
+    False: re.compile(r"^(?P<op>[A-Za-z_]\w*)\s+(?P<points>\d+)\s+(?P<failed>\d+)\s+"
+                      r"(?P<errnos>-|\d+(?:\s+\d+)*)$"),
+}
+_SWEEP_TOTAL = re.compile(r"^fault points met:\s*(\d+)")
+_SITE_ROW = re.compile(r"^(?P<site>/\S+)\s+(?P<op>\S+)\s+(?P<result>-?\d+)$")
+
+
+def errno_name(number: int) -> str:
+    """``12`` -> ``ENOMEM`` (Linux numbering; the guest's is the host's)."""
+    return errno_names.errorcode.get(number, f"errno {number}")
+
+
+def parse_fault_sweep(diagnostics: Sequence[str]) -> dict[str, Any]:
+    """The table ``fault_sweep_fail_nth`` prints: ``{"rows": [{operation, points, failed,
+    leaked (None: not printed), errnos, errno_names}], "points": the total it printed}``."""
+    with_leaked = True
+    rows: list[dict[str, Any]] = []
+    points = None
+    for d in diagnostics:
+        if _SWEEP_HEAD.match(d):
+            with_leaked = "leaked" in d.split()
+            continue
+        if t := _SWEEP_TOTAL.match(d):
+            points = int(t[1])
+            continue
+        m = _SWEEP_ROW[with_leaked].match(d)
+        if not m:
+            continue
+        errs = [] if m["errnos"] == "-" else [int(e) for e in m["errnos"].split()]
+        rows.append({"operation": m["op"], "points": int(m["points"]),
+                     "failed": int(m["failed"]),
+                     "leaked": int(m["leaked"]) if with_leaked else None,
+                     "errnos": errs, "errno_names": [errno_name(e) for e in errs]})
+    return {"rows": rows, "points": points}
+
+
+def parse_fault_sites(diagnostics: Sequence[str]) -> list[dict[str, Any]]:
+    """The table ``fault_sites_own`` prints: site, operation, result (0, an id or -errno)
+    and its errno's name (None when the result is not an error)."""
+    out = []
+    for d in diagnostics:
+        if m := _SITE_ROW.match(d):
+            r = int(m["result"])
+            out.append({"site": m["site"], "operation": m["op"], "result": r,
+                        "errno": errno_name(-r) if r < 0 else None})
+    return out
+
+
+def _kernel_reports(findings: Sequence[kmsg.Finding]) -> list[dict[str, str]]:
+    return [{"kind": f.kind, "message": _first_line(f.message, 200)} for f in findings]
+
+
+def _case_state(cases: Mapping[str, dict[str, Any]], name: str, ran_program: bool,
+                rc: int | None, ran: bool, reports: Sequence[kmsg.Finding],
+                ) -> tuple[str, str]:
+    """(status, reason) of one aem_ktests case: pass, fail (its own, or a kernel report
+    during it, as :func:`apply_kernel_health` judges tests), skip or missing."""
+    case = cases.get(name)
+    if case is None:
+        if not ran_program:
+            return "missing", (f"{FAULT_PROGRAM} did not run" +
+                               ("" if ran else " (the run ended before the KTAP phase)"))
+        stop = f" ({FAULT_PROGRAM} exited with status {rc} before it)" \
+            if rc not in (0, None) else ""
+        return "missing", f"{name} is not in the output of {FAULT_PROGRAM}{stop}"
+    status = {res.PASS: "pass", res.FAIL: "fail", res.SKIP: "skip"}[case["outcome"]]
+    if reports and status != "fail":
+        why = "; ".join(f"kernel {f.kind} during this test: {_first_line(f.message, 160)}"
+                        for f in reports)
+        return "fail", f"{why} (the test itself: {status})"
+    return status, case["reason"]
+
+
+def fault_sweep(run_dir: Path, findings: Sequence[kmsg.Finding] = (), *,
+                ran: bool = True) -> dict[str, Any]:
+    """The fault-injection tables of aem_ktests (RUN/ktap/aem_ktests.tap) for results.json.
+
+    ``fault_sweep_fail_nth`` (the kernel's fail-nth over every operation: the debug kernel)
+    gives ``status`` (pass; fail: its own, or a kernel report during it; skip; missing: not
+    in the output; error: it passed and printed no table), ``reason``, ``rows``,
+    ``points``; ``fault_sites_own`` (the modules' own fault sites) ``own_sites`` and its
+    ``own_sites_status``/``own_sites_reason``. The kernel's reports during each test
+    (*findings*, attributed by the tests' own markers) are ``kernel_reports`` and
+    ``own_sites_kernel_reports``.
+    """
+    tap = run_dir / "ktap" / f"{FAULT_PROGRAM}.tap"
+    rc = read_int(run_dir / "ktap" / f"{FAULT_PROGRAM}.rc")
+    text = tap.read_text(errors="replace") if tap.exists() else ""
+    cases = ktap_case_diagnostics(text)
+    ran_program = tap.exists() or rc is not None
+    by = kmsg.by_test(list(findings))
+    status, reason = _case_state(cases, FAULT_SWEEP, ran_program, rc, ran,
+                                 by.get(FAULT_SWEEP, []))
+    table = parse_fault_sweep((cases.get(FAULT_SWEEP) or {}).get("diagnostics") or [])
+    rows = table["rows"]
+    if status == "pass" and not rows:
+        status, reason = "error", (f"{FAULT_SWEEP} passed but printed no table that cglcert "
+                                   "reads (did its format change?)")
+    points = table["points"]
+    if points is None and rows:
+        points = sum(r["points"] for r in rows)
+    leaked = [r["leaked"] for r in rows]
+    site_status, site_reason = _case_state(cases, FAULT_SITES, ran_program, rc, ran,
+                                           by.get(FAULT_SITES, []))
+    sites = parse_fault_sites((cases.get(FAULT_SITES) or {}).get("diagnostics") or [])
+    if site_status == "pass" and not sites:
+        site_status, site_reason = "error", (f"{FAULT_SITES} passed but printed no table "
+                                             "that cglcert reads (did its format change?)")
+    return {"program": FAULT_PROGRAM, "test": FAULT_SWEEP, "status": status,
+            "reason": reason, "rows": rows, "points": points,
+            "failed": sum(r["failed"] for r in rows) if rows else None,
+            "leaked": sum(leaked) if rows and None not in leaked else None,
+            "kernel_reports": _kernel_reports(by.get(FAULT_SWEEP, [])),
+            "own_sites": sites, "own_sites_status": site_status,
+            "own_sites_reason": site_reason,
+            "own_sites_kernel_reports": _kernel_reports(by.get(FAULT_SITES, [])),
+            "output": f"ktap/{FAULT_PROGRAM}.tap"}
+
+
+_FUZZ_SUMMARY = re.compile(r"^aem_fuzz: seed=\d+")
+_FUZZ_FIELD = re.compile(r"\b(?P<key>[a-z]+(?:/s)?)=(?P<value>-?\d+(?:\.\d+)?)")
+_FUZZ_SPLIT = re.compile(r"\(main (?P<main>\d+), children (?P<children>\d+)\)")
+_FUZZ_FINDING = re.compile(r"^aem_fuzz: FINDING \d+ \[")
+_FUZZ_REPRO = re.compile(r"^\s+reproduce: (?P<cmd>aem_fuzz .*\S)")
+_TRINITY_RAN = re.compile(r"\bRan (\d+) syscalls")
+
+
+def _num(text: str) -> int | float:
+    return float(text) if "." in text else int(text)
+
+
+def parse_fuzz_output(text: str) -> dict[str, Any]:
+    """What one aem_fuzz pass printed: ``summary`` (seed, threads, calls, main_calls,
+    child_calls, seconds, calls_per_s, findings, leak; None: no summary line, the fuzzer
+    died), ``findings`` (its ``FINDING`` lines) and ``reproduce`` (the first command it
+    gave to replay a finding, or None)."""
+    summary = None
+    findings: list[str] = []
+    repro = None
+    for line in text.splitlines():
+        if _FUZZ_SUMMARY.match(line):
+            head = line.split(" |", 1)[0]
+            f = {m["key"]: _num(m["value"]) for m in _FUZZ_FIELD.finditer(head)}
+            split = _FUZZ_SPLIT.search(head)
+            summary = {"seed": f.get("seed"), "threads": f.get("threads"),
+                       "calls": f.get("calls"),
+                       "main_calls": int(split["main"]) if split else None,
+                       "child_calls": int(split["children"]) if split else None,
+                       "seconds": f.get("seconds"), "calls_per_s": f.get("calls/s"),
+                       "findings": f.get("findings"), "leak": f.get("leak")}
+        elif _FUZZ_FINDING.match(line):
+            findings.append(line.removeprefix("aem_fuzz: ").strip())
+        elif repro is None and (m := _FUZZ_REPRO.match(line)):
+            repro = m["cmd"]
+    return {"summary": summary, "findings": findings, "reproduce": repro}
+
+
+def _fuzz_pass(run_dir: Path, p: FuzzPass, reports: Sequence[kmsg.Finding], *, ran: bool,
+               panicked: bool) -> dict[str, Any]:
+    """One pass for results.json, with ``problem``: why it blocks the verdict (or None)."""
+    txt, rc = run_dir / "fuzz" / f"pass-{p.number}.txt", \
+        read_int(run_dir / "fuzz" / f"pass-{p.number}.rc")
+    out = parse_fuzz_output(txt.read_text(errors="replace")) if txt.exists() else \
+        {"summary": None, "findings": [], "reproduce": None}
+    s = out["summary"] or {}
+    findings = s.get("findings")
+    if findings is None:
+        findings = len(out["findings"])
+    problems = []
+    if out["summary"] is None:
+        if panicked:
+            problems.append("no summary line: the kernel panicked during the pass")
+        elif rc is None and not txt.exists():
+            problems.append("did not run" + (" (the run ended before the fuzz phase)"
+                                             if not ran else " (aem_fuzz not found?)"))
+        elif rc in (124, 137):
+            problems.append(f"no summary line: killed by the watchdog (status {rc}) past its "
+                            f"{p.seconds} s bound")
+        else:
+            problems.append("no summary line: the fuzzer died" +
+                            (f" (exit status {rc})" if rc is not None else ""))
+    if findings:
+        first = f": {_first_line(out['findings'][0], 240)}" if out["findings"] else ""
+        problems.append(f"{findings} finding{'s' if findings != 1 else ''}{first}")
+    leak = s.get("leak")
+    if leak:
+        problems.append(f"{leak} registration{'s' if leak != 1 else ''} of uid {FUZZ_UID} "
+                        "left after it" if leak > 0 else "its leak check failed")
+    if rc not in (0, None) and not problems:
+        problems.append(f"exited with status {rc}")
+    ring = run_dir / "fuzz" / f"ring-{p.number}.txt"
+    return {"pass": p.number, "seed": p.seed, "threads": p.threads,
+            "calls_requested": p.calls, "seconds_bound": p.seconds,
+            "calls": s.get("calls"), "main_calls": s.get("main_calls"),
+            "child_calls": s.get("child_calls"), "seconds": s.get("seconds"),
+            "calls_per_s": s.get("calls_per_s"), "findings": findings, "leak": leak, "rc": rc,
+            "reproduce": out["reproduce"] or p.reproduce(),
+            "finding_messages": out["findings"][:10],
+            "kernel_reports": _kernel_reports(reports),
+            "output": f"fuzz/{txt.name}", "ring": f"fuzz/{ring.name}" if ring.exists() else None,
+            "problem": "; ".join(problems) or None}
+
+
+def _trinity(run_dir: Path, seconds: int, reports: Sequence[kmsg.Finding], *,
+             ran: bool) -> dict[str, Any]:
+    """trinity for results.json: seconds, syscalls (its last ``Ran N syscalls``), exit
+    status, and ``problem`` when it did not run."""
+    log, rc = run_dir / "fuzz" / "trinity.txt", read_int(run_dir / "fuzz" / "trinity.rc")
+    text = log.read_text(errors="replace") if log.exists() else ""
+    counts = [int(n) for n in _TRINITY_RAN.findall(text)]
+    problem = None
+    if rc is None and not log.exists():
+        problem = "did not run" + ("" if ran else " (the run ended before the fuzz phase)")
+    elif rc != 0 or not counts:
+        last = next((x.strip() for x in reversed(text.splitlines()) if x.strip()), "")
+        problem = (f"did not run (exit status {rc})" +
+                   (f": {_first_line(last, 200)}" if last else ""))
+    return {"seconds": seconds, "syscalls": max(counts) if counts else None, "rc": rc,
+            "uid": FUZZ_UID, "kernel_reports": _kernel_reports(reports),
+            "output": "fuzz/trinity.txt", "problem": problem}
+
+
+def fuzz_results(run_dir: Path, passes: Sequence[FuzzPass], trinity: int,
+                 findings: Sequence[kmsg.Finding] = (), *, ran: bool = True,
+                 panicked_in: str | None = None) -> dict[str, Any]:
+    """The fuzz phase for results.json (RUN/fuzz/): ``passes`` and ``trinity`` (None when
+    not asked), each with ``kernel_reports`` (the splats between its markers) and
+    ``problem`` (what blocks the verdict, or None). *panicked_in*: the phase the kernel
+    panicked in."""
+    by = kmsg.by_test(list(findings))
+    return {
+        "uid": FUZZ_UID,
+        "passes": [_fuzz_pass(run_dir, p, by.get(p.phase, []), ran=ran,
+                              panicked=panicked_in == p.phase) for p in passes],
+        "trinity": _trinity(run_dir, trinity, by.get(PHASE_TRINITY, []), ran=ran)
+        if trinity > 0 else None,
+    }
+
+
+def fuzz_blockers(fuzz: Mapping[str, Any]) -> list[str]:
+    """The blockers of the fuzz phase: a pass with a finding, a leak, a non-zero exit or no
+    summary; trinity that did not run. Each names the seed and the command to replay."""
+    out = []
+    for p in fuzz.get("passes") or []:
+        if p.get("problem"):
+            t = p["threads"]
+            out.append(f"aem_fuzz pass {p['pass']} (seed {p['seed']}, {t} thread"
+                       f"{'s' if t != 1 else ''}, {p['calls_requested']} calls): "
+                       f"{p['problem']}; reproduce: {p['reproduce']}")
+    tr = fuzz.get("trinity")
+    if tr and tr.get("problem"):
+        out.append(f"trinity ({tr['seconds']} s against /dev/aem as uid {FUZZ_UID}): "
+                   f"{tr['problem']}")
+    return out
+
+
+def _phase_where(test: str | None, passes: Sequence[FuzzPass]) -> str:
+    """Where a splat outside the tests happened, for its blocker."""
+    if test == PHASE_STRESS:
+        return "during the stress pass"
+    if test == PHASE_UNLOAD:
+        return "while unloading the modules"
+    if test == PHASE_KMEMLEAK:
+        return "found by the leak scan"
+    if test == PHASE_TRINITY:
+        return "during trinity"
+    for p in passes:
+        if test == p.phase:
+            return f"during aem_fuzz pass {p.number} (seed {p.seed}; reproduce: {p.reproduce()})"
+    return "outside any test"
+
+
 _LEAK_HEAD = re.compile(r"^unreferenced object (?P<addr>0x[0-9a-f]+) \(size (?P<size>\d+)\):")
 _LEAK_COMM = re.compile(r'^\s*comm "(?P<comm>[^"]*)", pid (?P<pid>\d+)')
 # "[<ffffffffc0123456>] aem_reg_alloc+0x5c/0x120 [aem]"; the address may be hashed away
@@ -775,12 +1234,15 @@ def hung_test(kernel_log: str) -> str | None:
 def judge(requirements: Sequence[Requirement], expected: Mapping[str, Sequence[str]],
           run_dir: Path, execution: Execution, environment: Mapping[str, Any], *,
           backend: str, stress_wanted: bool, ktap: Sequence[str] = (),
-          kmemleak: bool = False) -> dict[str, Any]:
+          kmemleak: bool = False, fuzz: Sequence[FuzzPass] = (),
+          trinity: int = 0) -> dict[str, Any]:
     """Build results.json from what the target left in *run_dir* and the kernel's health.
 
     *ktap*: the names of the KTAP programs the script ran (``ktap.PROG`` tests; one that
-    does not pass blocks the verdict); *kmemleak*: the script scanned for leaks (each leak
-    blocks the verdict).
+    does not pass blocks the verdict; aem_ktests' fault-injection tables go into
+    ``hardening.fault_sweep``); *kmemleak*: the script scanned for leaks (each leak
+    blocks the verdict); *fuzz*, *trinity*: the fuzz passes and trinity's seconds the
+    script ran (``hardening.fuzz``; :func:`fuzz_blockers` block the verdict).
     """
     harness_error: str | None = None
     tests: list[res.TestResult] | None = None
@@ -841,14 +1303,20 @@ def judge(requirements: Sequence[Requirement], expected: Mapping[str, Sequence[s
         if ktap_tests:
             tests = (tests or []) + ktap_tests
     for f in outside:
-        where = "during the stress pass" if f.test == PHASE_STRESS else \
-            "while unloading the modules" if f.test == PHASE_UNLOAD else \
-            "found by the leak scan" if f.test == PHASE_KMEMLEAK else "outside any test"
-        blockers.append(f"kernel {f.kind} {where}: {_first_line(f.message, 300)}")
+        blockers.append(f"kernel {f.kind} {_phase_where(f.test, fuzz)}: "
+                        f"{_first_line(f.message, 300)}")
     for t in ktap_tests:
         if t.outcome != res.PASS:
             blockers.append(f"KTAP {t.name[len(KTAP_PREFIX):]}: {t.outcome}: "
                             f"{_first_line(t.reason, 300)}")
+    hardening: dict[str, Any] = {}
+    if FAULT_PROGRAM in ktap:
+        hardening["fault_sweep"] = fault_sweep(run_dir, execution.findings, ran=ran)
+    if fuzz or trinity > 0:
+        hardening["fuzz"] = fuzz_results(
+            run_dir, fuzz, trinity, execution.findings, ran=ran,
+            panicked_in=running if execution.error == "panic" else None)
+        blockers += fuzz_blockers(hardening["fuzz"])
     for p in (leak_summary or {}).get("problems", []):
         blockers.append(f"kmemleak: {p}")
     if execution.taint is not None and not execution.taint.ok:
@@ -886,6 +1354,8 @@ def judge(requirements: Sequence[Requirement], expected: Mapping[str, Sequence[s
     if leak_summary is not None:
         results["health"]["kmemleak"] = leak_summary
         results["health"]["findings"] += [f.to_dict() for f in leaks]
+    if hardening:
+        results["hardening"] = hardening
     if blockers:
         for v in results["verdict"].values():
             v["conformant"] = False

@@ -56,6 +56,7 @@ __all__ = [
     "cgl_verdicts",
     "count_outcomes",
     "exit_verdict",
+    "hardening_lines",
     "parse_gtest_xml",
     "parse_gtest_xml_file",
     "render_summary",
@@ -329,6 +330,33 @@ def _first_line(text: str, width: int) -> str:
     return line if len(line) <= width else line[: width - 3] + "..."
 
 
+def hardening_lines(results: Mapping[str, Any]) -> list[str]:
+    """One line per part of ``results["hardening"]`` (cglcert certify): each fuzz pass,
+    trinity, the fault sweep; none when the run recorded none."""
+    hard = results.get("hardening") or {}
+    lines = []
+    fuzz = hard.get("fuzz") or {}
+    for p in fuzz.get("passes") or []:
+        state = p.get("problem") or "clean"
+        lines.append(f"aem_fuzz pass {p.get('pass')} (seed {p.get('seed')}, "
+                     f"{p.get('threads')} thread(s)): {p.get('calls')} calls, "
+                     f"{p.get('calls_per_s')} calls/s, {p.get('findings')} findings, leak "
+                     f"{p.get('leak')}: {_first_line(state, 120)}")
+    tr = fuzz.get("trinity")
+    if tr:
+        lines.append(f"trinity: {tr.get('seconds')} s, {tr.get('syscalls')} syscalls: "
+                     + _first_line(tr.get("problem") or "ran", 120))
+    fs = hard.get("fault_sweep")
+    if fs:
+        rows = fs.get("rows") or []
+        figures = (f"{fs.get('points')} fault points over {len(rows)} operations, "
+                   f"{fs.get('leaked')} registrations leaked; " if rows else "")
+        lines.append(f"fault sweep: {figures}{fs.get('status')}"
+                     + (f" ({_first_line(fs.get('reason') or '', 100)})"
+                        if fs.get("reason") else ""))
+    return lines
+
+
 def render_summary(results: Mapping[str, Any], width: int = 100) -> str:
     """The per-requirement table and the closing ``N passed, N failed, N skipped`` line."""
     reqs = results["requirements"]
@@ -350,6 +378,7 @@ def render_summary(results: Mapping[str, Any], width: int = 100) -> str:
     lines.append("")
     if results.get("harness", {}).get("error"):
         lines.append(f"harness error: {results['harness']['error']}")
+    lines += hardening_lines(results)
     for key, label in (("cgl_2_0", "CGL 2.0"), ("cgl_3_0", "CGL 3.0")):
         v = results["verdict"][key]
         state = "CONFORMANT" if v["conformant"] else "not conformant"

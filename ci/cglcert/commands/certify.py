@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import re
 import shutil
 import sys
@@ -53,6 +54,18 @@ against it and certifies it as any kernel, plus the modules' KTAP programs and k
 scans: any KASAN, KFENCE, UBSAN, lockdep, hung-task or soft-lockup report fails the test
 it happened in or blocks the verdict, as does any leak. Timeouts are 4 times longer.
 
+Kernel hardening (kmod backend): after the KTAP programs, with the modules loaded, the ABI
+fuzzer reference/kmod/tests/aem_fuzz fuzzes /dev/aem in two seeded passes (one thread,
+seed S: deterministic, a finding replays from its seed; then four threads, seed S+1) as
+uid 1000, and trinity (Debian's package) calls ioctl, mmap, poll, read and write on it as
+uid 1000; each pass's output is RUN/fuzz/pass-N.txt, trinity's RUN/fuzz/trinity.txt. A
+finding, a registration left behind, a fuzzer that died, trinity that did not run or a
+kernel report during either blocks the verdict. On by default with --kernel debug
+(--fuzz-calls 40000, --trinity 60), off otherwise. The report's "Kernel hardening"
+section shows the debug options, KTAP totals, kmemleak, the fuzz passes, trinity and
+aem_ktests' fault-injection table (fail-nth over every operation, the modules' own
+fault sites).
+
 Exit codes: 0 certified (for --verdict, default CGL 2.0), 1 not certified (a requirement
 failed, or the kernel was unhealthy: splat, taint, modules that would not unload, panic),
 2 usage error, 3 infrastructure error (build failure, boot failure, a module that does not
@@ -61,6 +74,13 @@ target ran, ERROR naming the reason.
 """
 
 _MEM_RE = re.compile(r"^[1-9][0-9]*[MG]$")
+
+
+def _count(text: str) -> int:
+    """A non-negative integer (checked here, so a typo is a usage error)."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: give a non-negative integer")
+    return int(text)
 
 
 def _target(text: str) -> str:
@@ -119,6 +139,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--module-param", action="append", default=[], metavar="MOD.PARAM=VALUE",
                    help="kmod backend: load module MOD with PARAM=VALUE (e.g. "
                         "aem.max_pending=4096, the policy to certify); repeatable")
+    p.add_argument("--fuzz-calls", type=_count, default=None, metavar="N",
+                   help="kmod backend: fuzz /dev/aem after the KTAP programs with two "
+                        "aem_fuzz passes of N calls each (1 thread, then 4) as uid 1000; "
+                        f"0: none (default {cf.DEBUG_FUZZ_CALLS} with --kernel debug, else 0)")
+    p.add_argument("--fuzz-seed", type=_count, default=None, metavar="S",
+                   help="seed of the first fuzz pass; the second uses S+1 (default 1)")
+    p.add_argument("--trinity", type=_count, default=None, metavar="SECONDS",
+                   help="kmod backend: then run trinity (Debian package trinity) against "
+                        "/dev/aem as uid 1000 for SECONDS; 0: none (default "
+                        f"{cf.DEBUG_TRINITY_SECONDS} with --kernel debug, else 0)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help="run directory (default reports/out/<date>-<kernel>-<backend>); "
                         "with several kernels or backends, the directory of their runs "
@@ -170,6 +200,43 @@ def _validate(args: argparse.Namespace, repo: Path) -> None:
         raise UsageError(f"--module-param {exc}") from exc
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out}: exists and is not a directory")
+    _validate_fuzz(args)
+
+
+def _fuzzing(args: argparse.Namespace) -> tuple[bool, bool]:
+    """(some run fuzzes with aem_fuzz, some run runs trinity): the kmod runs (not over
+    ssh), with the options given or the debug kernel's defaults."""
+    if "kmod" not in (args.backend or ["kmod"]) or args.target.startswith("ssh://"):
+        return False, False
+    settings = [cf.fuzz_settings(args.fuzz_calls, args.trinity, debugkernel.is_debug(k))
+                for k in (args.kernel or [None])]
+    return any(c > 0 for c, _ in settings), any(t > 0 for _, t in settings)
+
+
+def trinity_missing(args: argparse.Namespace) -> bool:
+    """Some run needs trinity and it is not installed here (the guest runs the host's)."""
+    return _fuzzing(args)[1] and shutil.which("trinity") is None
+
+
+def _validate_fuzz(args: argparse.Namespace) -> None:
+    """--fuzz-calls, --fuzz-seed and --trinity: where they apply, and trinity installed."""
+    given = [o for o, v in (("--fuzz-calls", args.fuzz_calls), ("--trinity", args.trinity))
+             if v]
+    if given and "kmod" not in (args.backend or ["kmod"]):
+        raise UsageError(f"{', '.join(given)}: only with --backend kmod (the fuzzers call "
+                         "/dev/aem, which the user backend does not load)")
+    if given and args.target.startswith("ssh://"):
+        raise UsageError(f"{', '.join(given)}: not with an ssh target (the fuzzers are not "
+                         "copied there); use --target qemu or local")
+    fuzz, trinity = _fuzzing(args)
+    if args.fuzz_seed is not None and not fuzz:
+        raise UsageError("--fuzz-seed: only with --fuzz-calls N (N > 0), or --kernel debug "
+                         "(which fuzzes by default)")
+    if trinity_missing(args) and os.geteuid() != 0:
+        why = ("--trinity" if args.trinity else
+               f"--kernel debug (trinity {cf.DEBUG_TRINITY_SECONDS} s by default)")
+        raise UsageError(f"{why}: needs trinity, which is not installed (Debian package "
+                         "trinity): run 'sudo apt-get install trinity', or give --trinity 0")
 
 
 def _exit_code(results: dict[str, Any], execution: cf.Execution, verdict: str) -> int:
@@ -216,6 +283,10 @@ def certify_one(args: argparse.Namespace, repo: Path, kernel_spec: str | None, b
     if debugkernel.is_debug_kernel(kernel):
         plan.timeout_factor = debugkernel.TIMEOUT_FACTOR
     plan.kmemleak = "CONFIG_DEBUG_KMEMLEAK" in debug_options
+    if plan.backend == "kmod" and kind != "ssh":
+        plan.fuzz_calls, plan.trinity = cf.fuzz_settings(
+            args.fuzz_calls, args.trinity, debugkernel.is_debug_kernel(kernel))
+        plan.fuzz_seed = 1 if args.fuzz_seed is None else args.fuzz_seed
     if matrix_dir is not None:
         plan.run_dir = matrix_dir / f"{release}-{backend}"
     else:
@@ -229,7 +300,7 @@ def certify_one(args: argparse.Namespace, repo: Path, kernel_spec: str | None, b
                   *(f"kmemleak-{p}.{x}" for p in ("baseline", "loaded", "unloaded")
                     for x in ("txt", "rc", "err"))):
         (plan.run_dir / stale).unlink(missing_ok=True)
-    for stale_dir in ("stress", "ktap"):
+    for stale_dir in ("stress", "ktap", "fuzz"):
         shutil.rmtree(plan.run_dir / stale_dir, ignore_errors=True)
     prog.done(f"{release}" + (f" ({kernel.version})" if kernel else " (running)"))
 
@@ -252,6 +323,9 @@ def certify_one(args: argparse.Namespace, repo: Path, kernel_spec: str | None, b
     if plan.backend == "kmod" and debugkernel.is_debug_kernel(kernel):
         prog.note("KTAP programs (reference/kmod/tests)")
         plan.ktap = cf.build_ktap(repo)
+    if plan.fuzz_calls > 0:
+        prog.note("ABI fuzzer (reference/kmod/tests/aem_fuzz)")
+        cf.build_fuzzer(repo)
     prog.note("conformance suite")
     suite = cf.build_suite(repo, repo / "build" / "conformance")
     stress_build = None
@@ -262,7 +336,8 @@ def certify_one(args: argparse.Namespace, repo: Path, kernel_spec: str | None, b
         stress_cmd.build(repo, stress_build)
     art = cf.Artifacts(suite=suite, stress_build=stress_build, modules=modules, kernel=kernel)
     prog.done(", ".join(filter(None, [f"{len(modules)} modules" if modules else "",
-                                      "suite", "stress" if stress_build else ""])))
+                                      "suite", "stress" if stress_build else "",
+                                      "fuzzer" if plan.fuzz_calls > 0 else ""])))
 
     where = (f"{release} under QEMU ({plan.accel}, {plan.smp} CPUs, {plan.mem})"
              if plan.target == "qemu" else f"this machine ({release})" if plan.target == "local"
@@ -293,7 +368,8 @@ def certify_one(args: argparse.Namespace, repo: Path, kernel_spec: str | None, b
         cf.collect_stress(plan, catalog.requirements, env)
     results = cf.judge(catalog.requirements, expected_tests(repo), plan.run_dir, execution,
                        env, backend=plan.backend, stress_wanted=plan.stress,
-                       ktap=[p.name for p in plan.ktap], kmemleak=plan.kmemleak)
+                       ktap=[p.name for p in plan.ktap], kmemleak=plan.kmemleak,
+                       fuzz=plan.fuzz_passes(), trinity=plan.trinity)
     (plan.run_dir / "results.json").write_text(res.results_to_json(results), encoding="utf-8")
     counts = results["summary"]["tests"]
     prog.done(", ".join(f"{n} {o.lower()}" for o, n in counts.items() if n))
@@ -337,7 +413,7 @@ def run(args: argparse.Namespace) -> int:
     prog = Progress(1 + 5 * len(combos), quiet=args.json)
 
     prog.step("host packages")
-    need = cf.packages_needed(args.target, not args.no_stress)
+    need = cf.packages_needed(args.target, not args.no_stress, trinity_missing(args))
     try:
         installed = hostdeps.ensure(need, quiet=True)
     except hostdeps.MissingPackages as exc:

@@ -2,7 +2,9 @@
 
 The page is ``reports/templates/report.html.j2`` (Jinja2, autoescaped) filled from the
 context built here: the verdict per CGL version, the environment, the requirement table with
-every test and its evidence (outcome, reason, measurements, time), and, from stress.json,
+every test and its evidence (outcome, reason, measurements, time), the kernel hardening
+(debug options, KTAP, kmemleak, the ABI fuzzer, trinity, the fault-injection table), and,
+from stress.json,
 the threshold verdicts and the charts (latency distributions per priority, the scalability
 curve, delivery counts, the mechanisms side by side). With several runs, the matrix of
 requirements against (kernel, backend) comes first, then one section per run.
@@ -175,7 +177,8 @@ def run_context(run: Run) -> dict[str, Any]:
         "suite": res.get("suite", ""), "schema": res.get("schema", ""),
         "environment": _environment(run), "harness": res.get("harness") or {},
         "verdicts": _verdicts(run), "summary": res.get("summary") or {},
-        "health": _health(run), "requirements": _requirements(run),
+        "health": _health(run), "hardening": model.hardening(run),
+        "requirements": _requirements(run),
         "unknown_tags": res.get("unknown_tags") or [],
         "untagged_tests": res.get("untagged_tests") or [],
         "stress": _stress(run),

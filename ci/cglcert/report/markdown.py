@@ -1,4 +1,5 @@
-"""Markdown report (GitHub-flavoured tables): verdicts, requirement table, evidence, stress.
+"""Markdown report (GitHub-flavoured tables): verdicts, requirement table, evidence, kernel
+hardening, stress.
 
 The same content as the HTML page without the charts: for a merge request comment, a wiki
 page or a terminal. With several runs, the matrix comes first, then one section per run.
@@ -48,22 +49,103 @@ def _verdict_lines(run: Run) -> list[str]:
                      f"run: {taint}): " + ("clean" if not blockers and not health.get("findings")
                                           else f"{len(health.get('findings') or [])} finding(s)"))
         lines += [f"  - BLOCKER: {b}" for b in blockers]
-        opts = model.debug_options(run)
-        if opts is not None:
-            lines.append(f"- Kernel debug options ({len(opts)}, from its .config): "
-                         + (" ".join(f"`{o}`" for o in opts) or "none"))
-        for k in health.get("ktap") or []:
-            failed = f" (not ok: {', '.join(k['failed'])})" if k.get("failed") else ""
-            ran = " (did not run)" if k.get("exit_code") is None else ""
-            lines.append(f"- KTAP `{k.get('program')}`: {k.get('ok')} ok, {k.get('not_ok')} "
-                         f"not ok, {k.get('skip')} skipped{ran}{failed}")
-        m = health.get("kmemleak")
-        if isinstance(m, dict):
-            extra = "; ".join(m.get("problems") or [])
-            lines.append(f"- kmemleak: scans {', '.join(m.get('scans') or []) or 'none'}; "
-                         f"{m.get('leaks')} leak(s), {m.get('aem_leaks')} with an AEM module "
-                         f"frame; {m.get('baseline_objects')} reported before the suite, not "
-                         "counted" + (f"; {extra}" if extra else ""))
+    return lines
+
+
+def _fault_lines(fault: dict[str, Any] | None) -> list[str]:
+    """aem_ktests' fault-injection table, or why there is none (an error when the test ran
+    and printed none)."""
+    if fault is None:
+        return ["Fault injection (aem_ktests): not run (it runs with the KTAP programs on the "
+                "debug kernel, `--kernel debug`).", ""]
+    lines = [f"Fault injection (`{fault['program']}`: the kernel's fail-nth over every "
+             "operation, then the modules' own fault sites):", ""]
+    for t in fault["tests"]:
+        state = {"pass": "ok", "fail": "**FAIL**", "skip": "skipped",
+                 "missing": "**ERROR**", "error": "**ERROR**"}.get(t["status"], t["status"])
+        why = f": {model.one_line(t['reason'], 300)}" if t["reason"] else ""
+        lines.append(f"- `{t['test']}`: {state}{why}")
+    lines.append("")
+    if fault["rows"]:
+        rows = [[f"**{r['name']}**" if r["kind"] == "total" else f"`{r['name']}`",
+                 r["points"], r["failed"], r["errnos"],
+                 "-" if r["leaked"] is None else r["leaked"], r["reports"]]
+                for r in fault["rows"]]
+        lines += _table(["Operation / site", "Fault points (one failure injected at each)",
+                         "Calls that returned an error", "Errnos seen",
+                         "Registrations leaked", "Kernel reports"], rows,
+                        ["l", "r", "r", "l", "r", "r"]) + [""]
+        lines += ["Kernel reports: what the kernel reported (KASAN, lockdep, WARN...) during "
+                  "each test, on its total row.", ""]
+    elif any(t["status"] in ("pass", "fail", "error") for t in fault["tests"]):
+        lines += ["**ERROR**: the fault-injection tests ran but no table was read from "
+                  f"`{fault['output']}`.", ""]
+    return lines
+
+
+def _hardening_lines(run: Run) -> list[str]:
+    """The "Kernel hardening" section: debug options, KTAP, kmemleak, fuzzers, faults."""
+    h = model.hardening(run)
+    if h is None:
+        return []
+    lines = ["### Kernel hardening", ""]
+    opts = h["debug_options"]
+    if opts is not None:
+        lines.append(f"- Kernel debug options ({len(opts)}, from its .config): "
+                     + (" ".join(f"`{o}`" for o in opts) or "none"))
+    if h["ktap_totals"] is not None:
+        t = h["ktap_totals"]
+        lines.append(f"- KTAP totals: {t['ok']} ok, {t['not_ok']} not ok, {t['skip']} skipped "
+                     f"in {len(h['ktap'])} program(s)")
+    else:
+        lines.append("- KTAP programs: not run (they run on the debug kernel, "
+                     "`--kernel debug`)")
+    for k in h["ktap"]:
+        failed = f" (not ok: {', '.join(k['failed'])})" if k.get("failed") else ""
+        ran = " (did not run)" if k.get("exit_code") is None else ""
+        lines.append(f"- KTAP `{k.get('program')}`: {k.get('ok')} ok, {k.get('not_ok')} "
+                     f"not ok, {k.get('skip')} skipped{ran}{failed}")
+    m = h["kmemleak"]
+    if isinstance(m, dict):
+        extra = "; ".join(m.get("problems") or [])
+        lines.append(f"- kmemleak: scans {', '.join(m.get('scans') or []) or 'none'}; "
+                     f"{m.get('leaks')} leak(s), {m.get('aem_leaks')} with an AEM module "
+                     f"frame; {m.get('baseline_objects')} reported before the suite, not "
+                     "counted" + (f"; {extra}" if extra else ""))
+    else:
+        lines.append("- kmemleak: not scanned (the kernel has no CONFIG_DEBUG_KMEMLEAK)")
+    if h["fuzz"] is None:
+        why = ("the user backend has no /dev/aem" if h["user_backend"] else
+               "`--fuzz-calls N`; on by default with `--kernel debug`")
+        lines.append(f"- ABI fuzzer (aem_fuzz): not run ({why})")
+    elif not h["fuzz"]:
+        lines.append("- ABI fuzzer (aem_fuzz): no pass (`--fuzz-calls 0`)")
+    tr = h["trinity"]
+    if tr is not None:
+        got = (f"{tr['seconds']} s, {model.fmt_number(tr.get('syscalls'))} syscalls, exit "
+               f"{tr.get('rc')}, kernel reports {tr['reports']}")
+        lines.append(f"- trinity (ioctl, mmap, poll, read, write on /dev/aem as uid "
+                     f"{tr.get('uid')}): " + (f"**{tr['problem']}** ({got})"
+                                            if tr.get("problem") else got))
+    elif h["fuzz"] is not None or not h["user_backend"]:
+        lines.append("- trinity: not run (`--trinity SECONDS`; 60 s by default with "
+                     "`--kernel debug`)")
+    lines.append("")
+    if h["fuzz"]:
+        lines += [f"ABI fuzzer (aem_fuzz, seeded, as uid {h['fuzz_uid']}; one thread replays "
+                  "a seed exactly):", ""]
+        rows = []
+        for p in h["fuzz"]:
+            result = "clean" if not p.get("problem") else \
+                f"**{p['problem']}**; reproduce: `{p['reproduce']}`"
+            rows.append([p["pass"], p["seed"], p["threads"], p["calls_requested"], p["made"],
+                         p.get("seconds"), p.get("calls_per_s"), p.get("findings"),
+                         p.get("leak"), p["reports"], p.get("rc"), result])
+        lines += _table(["Pass", "Seed", "Threads", "Calls asked", "Calls made (main + "
+                         "children)", "Seconds", "Calls/s", "Findings", "Leaked",
+                         "Kernel reports", "Exit", "Result"],
+                        rows, ["r"] * 11 + ["l"]) + [""]
+    lines += _fault_lines(h["fault"])
     return lines
 
 
@@ -175,6 +257,7 @@ def _run_lines(run: Run, title: str) -> list[str]:
     if res.get("untagged_tests"):
         lines += ["Tests tagging no requirement: " + ", ".join(
             f"`{n}`" for n in res["untagged_tests"]), ""]
+    lines += _hardening_lines(run)
     lines += ["### Stress", ""] + _stress_lines(run)
     return lines
 

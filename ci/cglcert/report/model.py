@@ -338,6 +338,112 @@ def debug_options(run: Run) -> list[str] | None:
     return [str(o).removeprefix("CONFIG_") for o in opts]
 
 
+def _errnos(numbers: Iterable[int], names: Sequence[str] | None = None) -> str:
+    """``ENOMEM (12), EFAULT (14)``, or ``none``."""
+    nums = list(numbers)
+    names = list(names or [])
+    return ", ".join(f"{names[i] if i < len(names) else 'errno'} ({n})"
+                     for i, n in enumerate(nums)) or "none"
+
+
+def _reports(reports: Sequence[Mapping[str, Any]] | None) -> str:
+    """``0``, or ``2 (kasan, lockdep)``: the kernel's reports during a test or phase."""
+    kinds = [str(r.get("kind")) for r in reports or []]
+    return f"{len(kinds)} ({', '.join(dict.fromkeys(kinds))})" if kinds else "0"
+
+
+def fault_table(fs: Mapping[str, Any]) -> dict[str, Any]:
+    """aem_ktests' fault injection (results.json ``hardening.fault_sweep``) as the report's
+    table: one row per operation of the fail-nth sweep and their total, one per own fault
+    site and theirs; with the two tests' status and reason (``errors``: what the report
+    must flag: a test that ran and left no table, or is missing from the output)."""
+    rows: list[dict[str, Any]] = []
+    sweep = list(fs.get("rows") or [])
+    for r in sweep:
+        rows.append({"kind": "operation", "name": r.get("operation"), "points": r.get("points"),
+                     "failed": r.get("failed"),
+                     "errnos": _errnos(r.get("errnos") or [], r.get("errno_names")),
+                     "leaked": r.get("leaked"), "reports": ""})
+    if sweep:
+        seen: dict[int, str] = {}
+        for r in sweep:
+            for i, e in enumerate(r.get("errnos") or []):
+                seen.setdefault(e, (r.get("errno_names") or [])[i]
+                                if i < len(r.get("errno_names") or []) else "errno")
+        rows.append({"kind": "total", "name": f"fail-nth sweep: {len(sweep)} operations",
+                     "points": fs.get("points"), "failed": fs.get("failed"),
+                     "errnos": _errnos(seen, list(seen.values())), "leaked": fs.get("leaked"),
+                     "reports": _reports(fs.get("kernel_reports"))})
+    sites = list(fs.get("own_sites") or [])
+    for st in sites:
+        res = st.get("result")
+        err = isinstance(res, int) and res < 0
+        rows.append({"kind": "site", "name": f"{st.get('site')} ({st.get('operation')})",
+                     "points": 1, "failed": 1 if err else 0,
+                     "errnos": f"{st.get('errno')} ({-res})" if err else f"none (result {res})",
+                     "leaked": None, "reports": ""})
+    if sites:
+        failed = [s for s in sites if isinstance(s.get("result"), int) and s["result"] < 0]
+        errs = {-s["result"]: str(s.get("errno")) for s in failed}
+        rows.append({"kind": "total", "name": f"own fault sites: {len(sites)}",
+                     "points": len(sites), "failed": len(failed),
+                     "errnos": _errnos(errs, list(errs.values())),
+                     "leaked": 0 if fs.get("own_sites_status") == "pass" else None,
+                     "reports": _reports(fs.get("own_sites_kernel_reports"))})
+    tests = [{"test": fs.get("test") or "fault_sweep_fail_nth", "status": fs.get("status"),
+              "reason": fs.get("reason") or ""},
+             {"test": "fault_sites_own", "status": fs.get("own_sites_status"),
+              "reason": fs.get("own_sites_reason") or ""}]
+    errors = [f"{t['test']}: {t['reason'] or t['status']}" for t in tests
+              if t["status"] in ("missing", "error")]
+    return {"rows": rows, "tests": tests, "errors": errors,
+            "program": fs.get("program") or "aem_ktests", "output": fs.get("output")}
+
+
+def fuzz_passes(fuzz: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The fuzz passes of results.json ``hardening.fuzz`` as the report shows them."""
+    keys = ("pass", "seed", "threads", "calls", "calls_requested", "seconds", "calls_per_s",
+            "findings", "leak", "rc", "reproduce", "problem", "ring", "output")
+    out = []
+    for p in (fuzz or {}).get("passes") or []:
+        made = fmt_number(p.get("calls")) or "none"
+        if p.get("main_calls") is not None and p.get("child_calls") is not None:
+            made += f" ({fmt_number(p['main_calls'])} + {fmt_number(p['child_calls'])})"
+        out.append({**{k: p.get(k) for k in keys}, "made": made,
+                    "reports": _reports(p.get("kernel_reports"))})
+    return out
+
+
+def trinity(fuzz: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """trinity's run (results.json ``hardening.fuzz.trinity``) as the report shows it."""
+    tr = (fuzz or {}).get("trinity")
+    if not isinstance(tr, Mapping):
+        return None
+    return {**{k: tr.get(k) for k in ("seconds", "syscalls", "rc", "uid", "problem")},
+            "reports": _reports(tr.get("kernel_reports"))}
+
+
+def hardening(run: Run) -> dict[str, Any] | None:
+    """The report's "Kernel hardening" section of a ``cglcert certify`` run (None when the
+    run recorded no kernel health): the kernel's debug options, the KTAP programs and their
+    totals, kmemleak, the fuzz passes and trinity, and aem_ktests' fault-injection table
+    (None: not run; the debug kernel runs it)."""
+    h = run.results.get("health")
+    if not isinstance(h, dict):
+        return None
+    hard = run.results.get("hardening") or {}
+    ktap = [dict(k) for k in h.get("ktap") or []]
+    totals = {k: sum(int(p.get(k) or 0) for p in ktap) for k in ("ok", "not_ok", "skip")}
+    fuzz = hard.get("fuzz")
+    fs = hard.get("fault_sweep")
+    return {"debug_options": debug_options(run), "ktap": ktap,
+            "ktap_totals": totals if ktap else None, "kmemleak": h.get("kmemleak"),
+            "fuzz": fuzz_passes(fuzz) if fuzz else None, "fuzz_uid": (fuzz or {}).get("uid"),
+            "trinity": trinity(fuzz),
+            "fault": fault_table(fs) if isinstance(fs, Mapping) else None,
+            "user_backend": run.backend == "user"}
+
+
 def one_line(text: str | None, width: int = 0) -> str:
     """``text`` on one line (whitespace collapsed), cut to ``width`` when width > 0."""
     line = " ".join((text or "").split())
@@ -373,5 +479,6 @@ def outcome_counts(items: Iterable[str]) -> dict[str, int]:
     return counts
 
 
-__all__ += ["ERROR", "FAIL", "PASS", "SKIP", "bucket_label", "fmt_number", "one_line",
-            "outcome_counts", "safe_name", "stress_runs"]
+__all__ += ["ERROR", "FAIL", "PASS", "SKIP", "bucket_label", "fault_table", "fmt_number",
+            "fuzz_passes", "hardening", "one_line", "trinity", "outcome_counts", "safe_name",
+            "stress_runs"]
