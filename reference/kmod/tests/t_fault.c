@@ -80,6 +80,40 @@ static int prep_socketpair(int fd, int *aux)
 	return 0;
 }
 
+static int prep_unixpair(int fd, int *aux)
+{
+	int sv[2];
+
+	(void)fd;
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv))
+		return -errno;
+	prep_peer = sv[1];
+	*aux = sv[0];
+	return 0;
+}
+
+static int prep_listener(int fd, int *aux)
+{
+	uint16_t port;
+
+	(void)fd;
+	*aux = aem_tcp_listener(&port);
+	return *aux >= 0 ? 0 : *aux;
+}
+
+/* A ring, and a delivery in it: REFILL has a ring to fill. */
+static int prep_ring(int fd, int *aux)
+{
+	struct aem_ring_setup rs = { .size = sizeof(rs), .entries = 64 };
+	int r = aem_ioctl(fd, AEM_IOC_RING_SETUP, &rs), id;
+
+	*aux = -1;
+	if (r)
+		return r;
+	id = aem_reg_soft(fd, 0);
+	return id > 0 ? aem_raise(fd, id, 1, 0) : id;
+}
+
 /*
  * Close what one round made: @aux, the context, and an arena mapping (it
  * holds the context: the registrations would outlive the close).
@@ -117,6 +151,39 @@ static int call_fd(int fd, int aux)
 static int call_read(int fd, int aux)
 {
 	return aem_reg_sock(fd, AEM_EV_READ, aux, 0, 0);
+}
+
+static int call_accept(int fd, int aux)
+{
+	return aem_reg_sock(fd, AEM_EV_ACCEPT, aux, 0, 0);
+}
+
+static int call_sk(int fd, int aux)
+{
+	return aem_reg_sock(fd, AEM_EV_SK, aux, 0, 0);
+}
+
+static int call_sock(int fd, int aux)
+{
+	return aem_reg_sock(fd, AEM_EV_SOCK, aux, 0, 0);
+}
+
+static int call_close(int fd, int aux)
+{
+	return aem_reg_sock(fd, AEM_EV_CLOSE, aux, 0, 0);
+}
+
+static int call_raise(int fd, int aux)
+{
+	return aem_raise(fd, aux, 1, 0);
+}
+
+static int call_refill(int fd, int aux)
+{
+	struct aem_wait w = { .size = sizeof(w), .flags = AEM_WAIT_REFILL };
+
+	(void)aux;
+	return aem_ioctl(fd, AEM_IOC_WAIT, &w);
 }
 
 static int call_timeout(int fd, int aux)
@@ -169,6 +236,12 @@ static const struct fault_op fault_ops[] = {
 	{ "register_timer", prep_none, call_timer },
 	{ "register_fd", prep_eventfd, call_fd },
 	{ "register_read", prep_socketpair, call_read },
+	{ "register_accept", prep_listener, call_accept },
+	{ "register_sk", prep_listener, call_sk },
+	{ "register_sock", prep_unixpair, call_sock },
+	{ "register_close", prep_unixpair, call_close },
+	{ "raise", prep_soft, call_raise },
+	{ "wait_refill", prep_ring, call_refill },
 	{ "ctl_set_timeout", prep_soft, call_timeout },
 	{ "wait", prep_soft, call_wait },
 	{ "ring_setup", prep_none, call_ring },
@@ -179,21 +252,44 @@ static const struct fault_op fault_ops[] = {
 
 #define NOPS	ARRAY_SIZE(fault_ops)
 
+/*
+ * /proc/thread-self/fail-nth, opened once: an open() between the call and
+ * the read would itself meet the fault points the call left over (its
+ * allocations), and a failure injected there looked like one the call met.
+ */
+static int nth_fd = -1;
+
 static int write_nth(unsigned int n)
 {
 	char buf[16];
+	int len = snprintf(buf, sizeof(buf), "%u", n);
 
-	snprintf(buf, sizeof(buf), "%u", n);
-	return aem_write_file("/proc/thread-self/fail-nth", buf);
+	return pwrite(nth_fd, buf, len, 0) == len ? 0 : -errno;
 }
 
+/*
+ * The fault points the call left over: 0 when it met the Nth. The read's
+ * own copy to user space is a fault point too (fail_usercopy): with one
+ * left over, that copy fails with EFAULT, which thus means 1.
+ */
 static long read_nth(void)
 {
 	char buf[16];
+	ssize_t n = pread(nth_fd, buf, sizeof(buf) - 1, 0);
 
-	if (aem_read_file("/proc/thread-self/fail-nth", buf, sizeof(buf)))
-		return -1;
+	if (n < 0)
+		return errno == EFAULT ? 1 : -1;
+	buf[n] = 0;
 	return strtol(buf, NULL, 10);
+}
+
+/* Nothing left armed: a write meets a point too, so until a read says 0. */
+static void clear_nth(void)
+{
+	int i;
+
+	for (i = 0; i < 4 && read_nth(); i++)
+		write_nth(0);
 }
 
 /*
@@ -230,13 +326,16 @@ static const char *const failslab_knobs[] = {
 };
 
 /*
- * fail-nth over every operation: failslab and fail_page_alloc fail the
- * Nth allocation of this thread, for N = 1, 2, ... until the operation
- * makes fewer than N. GFP_KERNEL allocations are included
- * (ignore-gfp-wait N), order 0 pages too (min-order 0).
+ * fail-nth over every operation: failslab, fail_page_alloc and (where the
+ * kernel has it) fail_usercopy fail the Nth fault point of this thread, for
+ * N = 1, 2, ... until the operation makes fewer than N. GFP_KERNEL
+ * allocations are included (ignore-gfp-wait N), order 0 pages too
+ * (min-order 0). An injected failure must give an error (ENOMEM; EFAULT
+ * for a copy from or to user space) or a success with a context that still
+ * works, and leave no registration behind.
  */
-AEM_TEST(fault_sweep_fail_nth, .needs = AEM_NEED_FAILNTH, .root = 1, .timeout = 600,
-	 .save = failslab_knobs)
+AEM_TEST(fault_sweep_fail_nth, .needs = AEM_NEED_FAILNTH | AEM_NEED_SOCK, .root = 1,
+	 .timeout = 600, .save = failslab_knobs)
 {
 	unsigned int i, n, points, failed, total = 0;
 	char errs[256];
@@ -254,6 +353,8 @@ AEM_TEST(fault_sweep_fail_nth, .needs = AEM_NEED_FAILNTH, .root = 1, .timeout = 
 	aem_drop_root();
 	/* set_signal's doorbell would kill us at the next delivery */
 	signal(40, SIG_IGN);
+	nth_fd = open("/proc/thread-self/fail-nth", O_RDWR | O_CLOEXEC);
+	CHECK(nth_fd >= 0, "open fail-nth: %s", strerror(errno));
 	printf("# %-16s %6s %6s %6s  %s\n", "operation", "points", "failed", "leaked",
 	       "errnos seen");
 	for (i = 0; i < NOPS; i++) {
@@ -268,7 +369,7 @@ AEM_TEST(fault_sweep_fail_nth, .needs = AEM_NEED_FAILNTH, .root = 1, .timeout = 
 			CHECK(write_nth(n) == 0, "fail-nth: %s", strerror(errno));
 			r = fault_ops[i].call(fd, aux);
 			left = read_nth();
-			write_nth(0);
+			clear_nth();
 			if (left > 0) {	/* fewer than n points: done */
 				CHECK(r >= 0, "%s: %d without an injected failure",
 				      fault_ops[i].name, r);
