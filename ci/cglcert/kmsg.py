@@ -1,7 +1,7 @@
 """Kernel-health oracle: find splats in kernel log text and decode the taint mask.
 
 A kernel WARN/BUG/oops/lockdep report/stall or an unacceptable taint during a
-test is a FAIL of that test (DESIGN.md section 6).  The reports of a debug kernel
+test is a FAIL of that test (docs/design.md §6).  The reports of a debug kernel
 (KASAN, KFENCE, UBSAN, kmemleak, DEBUG_OBJECTS, DEBUG_LIST, hung-task and soft-lockup
 detectors) have their own kinds; DEBUG_ATOMIC_SLEEP's "BUG: sleeping function called
 from invalid context" is a ``bug``.  :func:`scan` works on any of

@@ -15,14 +15,14 @@ A LAVA-managed fleet runs the same conformance suite as ``cglcert run`` nightly:
 * :func:`lava_cases` is pure (results in, cases out) and needs only the standard library,
   so ``python3 -m cglcert lava results`` works on a device rootfs without the venv.
 
-Result mapping (DESIGN.md §6 -> LAVA): PASS -> pass, FAIL -> fail, SKIP -> skip, ERROR ->
+Result mapping (docs/design.md §6 -> LAVA): PASS -> pass, FAIL -> fail, SKIP -> skip, ERROR ->
 unknown; a harness error (the suite crashed, timed out or did not build) becomes
 ``lava-test-raise`` after the cases, so LAVA marks the job incomplete (an infrastructure
 failure) instead of counting a kernel failure.
 
 The ramdisk :func:`build_ramdisk` makes is for ``qemu`` devices of a worker that holds the
 project: busybox, the kernel's 9p modules and an /init that mounts the worker's root
-read-only (9p tag ``hostroot``, DESIGN.md §7) at ``/host`` and gives LAVA a shell prompt.
+read-only (9p tag ``hostroot``, docs/design.md §7) at ``/host`` and gives LAVA a shell prompt.
 The test definition then runs the suite chrooted into ``/host`` (parameter ``CHROOT``).
 """
 

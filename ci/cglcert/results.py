@@ -5,7 +5,7 @@ so the verdict rules are unit-tested on synthetic input (``ci/tests/test_results
 runner (:mod:`cglcert.commands.run`) collects the environment and runs the suite; renderers
 (KTAP, JUnit, HTML, ...) read ``results.json``.
 
-Vocabulary (DESIGN.md §6), one for tests and requirements:
+Vocabulary (docs/design.md §6), one for tests and requirements:
 
 ``PASS``   the test ran and every check held.
 ``FAIL``   a check did not hold (the kernel / backend does not meet the criterion).

@@ -20,7 +20,7 @@ tests      per run (``<run>`` = a hash of the run's environment, so re-rendering
            ``AEM-3_1_1``, ``AEM_3_1_1.c1_X`` -> ``AEM_3_1_1_c1_X``); misc keeps the exact
            names. The test environment records the backend, target, accelerator and CPUs.
 
-Status (DESIGN.md §6 -> KCIDB): PASS -> PASS, FAIL -> FAIL, SKIP -> SKIP; a test ERROR is
+Status (docs/design.md §6 -> KCIDB): PASS -> PASS, FAIL -> FAIL, SKIP -> SKIP; a test ERROR is
 KCIDB ``ERROR`` when the test ran (it has a time) and ``MISS`` when it did not run (the
 harness broke or the test is missing from the suite's XML); a requirement ERROR is ``ERROR``.
 A stress threshold is PASS or FAIL, or MISS when its metric was not measured.

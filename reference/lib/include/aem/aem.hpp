@@ -12,7 +12,7 @@
 //   std::thread([&] { wake.raise(42); }).detach();
 //   ctx.dispatch(100ms);                            // runs what is pending
 //
-// Model (see DESIGN.md §3):
+// Model (see docs/design.md §3):
 //  - A Context is one AEM context. Context::process() is the process's
 //    implicit context, the same one the C API uses; Context(Options) opens a
 //    fresh one with its own limits. Events of one context never run in
