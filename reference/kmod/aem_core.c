@@ -213,10 +213,9 @@ static void aem_user_put(struct aem_user *u)
 static unsigned int aem_pop_batch(struct aem_ctx *ctx,
 				  struct aem_popped *buf, unsigned int max)
 {
-	unsigned int p = READ_ONCE(aem_boost_prio), i;
 	struct pid *old_pid = NULL;
 	unsigned long flags;
-	unsigned int n = 0;
+	unsigned int n = 0, i;
 
 	spin_lock_irqsave(&ctx->lock, flags);
 	while (n < max && aem_pop(ctx, &buf[n]))
@@ -229,15 +228,11 @@ static unsigned int aem_pop_batch(struct aem_ctx *ctx,
 	 * of the ioctl (set_user_nice() reschedules a running task whose
 	 * priority drops), in front of CPU hogs, before the handler starts.
 	 */
-	for (i = 0; p && i < n; i++) {
-		if (buf[i].d.prio >= p) {
-			ctx->boost_hold = true;
-			ctx->boost_hold_task = current;
-			if (ctx->boost_pid != task_pid(current)) {
-				old_pid = ctx->boost_pid;
-				ctx->boost_pid = get_pid(task_pid(current));
-			}
-		}
+	for (i = 0; i < n; i++) {
+		struct pid *o = aem_boost_hold(ctx, buf[i].d.prio);
+
+		if (o)
+			old_pid = o;
 	}
 	aem_after_pop(ctx);
 	spin_unlock_irqrestore(&ctx->lock, flags);
@@ -329,13 +324,16 @@ static int aem_ioc_wait(struct aem_ctx *ctx, void __user *uarg)
 	if (w.flags & AEM_WAIT_REFILL) {
 		if (!READ_ONCE(ctx->ring))
 			return -EINVAL;
+		struct pid *old_pid = NULL;
+
 		mutex_lock(&ctx->mutex);
 		aem_run_recheck(ctx);
 		spin_lock_irqsave(&ctx->lock, flags);
-		n = aem_ring_refill(ctx);
+		n = aem_ring_refill(ctx, &old_pid);
 		aem_after_pop(ctx);
 		spin_unlock_irqrestore(&ctx->lock, flags);
 		aem_ctx_unlock(ctx);
+		put_pid(old_pid);
 		irq_work_queue(&ctx->kick);
 		return n;
 	}

@@ -259,7 +259,8 @@ struct aem_user {
  * @user:        the opener's struct aem_user (referenced)
  * @boost_want:  a pending level >= boost_prio exists, or @boost_hold
  *               (ctx->lock)
- * @boost_hold:  AEM_IOC_WAIT popped a delivery at >= boost_prio and its
+ * @boost_hold:  AEM_IOC_WAIT popped (or refilled the ring with) a
+ *               delivery at >= boost_prio and its
  *               caller has not come back with another ioctl (it runs the
  *               handler): the boost lasts until then (ctx->lock)
  * @boost_hold_task: that caller (compared, never dereferenced)
@@ -378,11 +379,12 @@ void aem_unboost(struct aem_ctx *ctx);		/* boost_mutex or release */
 void aem_boost_fn(struct work_struct *work);
 void aem_boost_sync(struct aem_ctx *ctx);	/* no AEM lock held */
 void aem_boost_unhold(struct aem_ctx *ctx);	/* no AEM lock held */
+struct pid *aem_boost_hold(struct aem_ctx *ctx, u32 prio); /* ctx->lock */
 void aem_run_recheck(struct aem_ctx *ctx);	/* ctx->mutex held */
 
 /* aem_ring.c */
 bool aem_ring_nonempty(struct aem_ctx *ctx);
-u32 aem_ring_refill(struct aem_ctx *ctx);	/* ctx->lock held */
+u32 aem_ring_refill(struct aem_ctx *ctx, struct pid **held); /* ctx->lock */
 void aem_ring_free(struct aem_ring *ring);
 int aem_ioc_ring_setup(struct aem_ctx *ctx, void __user *uarg);
 int aem_ring_mmap(struct aem_ctx *ctx, struct vm_area_struct *vma);

@@ -352,6 +352,29 @@ void aem_boost_unhold(struct aem_ctx *ctx)
 	spin_unlock_irqrestore(&ctx->lock, flags);
 }
 
+/*
+ * The caller took a delivery of priority @prio to run its handler: if it
+ * is that urgent, the boost goes to the caller and lasts until its next
+ * ioctl on the context (aem_boost_unhold()). ctx->lock held; returns the
+ * pid reference it replaced, for the caller to put once the lock is
+ * dropped, or NULL.
+ */
+struct pid *aem_boost_hold(struct aem_ctx *ctx, u32 prio)
+{
+	unsigned int p = READ_ONCE(aem_boost_prio);
+	struct pid *old = NULL;
+
+	if (!p || prio < p)
+		return NULL;
+	ctx->boost_hold = true;
+	ctx->boost_hold_task = current;
+	if (ctx->boost_pid != task_pid(current)) {
+		old = ctx->boost_pid;
+		ctx->boost_pid = get_pid(task_pid(current));
+	}
+	return old;
+}
+
 /* After pops: reap what got its final delivery. ctx->lock held. */
 void aem_after_pop(struct aem_ctx *ctx)
 {
@@ -365,7 +388,7 @@ void aem_pending_changed(struct aem_ctx *ctx)
 {
 	aem_boost_check(ctx);
 	if (ctx->ring) {
-		aem_ring_refill(ctx);
+		aem_ring_refill(ctx, NULL);
 		aem_after_pop(ctx);
 	}
 	irq_work_queue(&ctx->kick);

@@ -44,6 +44,13 @@ bool aem_ring_nonempty(struct aem_ctx *ctx)
 
 /*
  * Move deliveries from the queue into the ring while it has room.
+ * @held is NULL when an activation refills (any context), and points to
+ * a pid reference to put when the consumer's AEM_IOC_WAIT(AEM_WAIT_REFILL)
+ * does. A delivery at >= boost_prio keeps the context's thread boosted
+ * while it is pending and while its handler runs (aem_boost_check()), so
+ * only the consumer moves it, holding the boost for itself as a pop by
+ * AEM_IOC_WAIT does; an activation stops in front of it (pops go in
+ * priority order: it is the most urgent pending) and leaves backlog set.
  * The entries are written first, then the tail is published with a
  * store-release; it pairs with the consumer's load-acquire of the tail.
  * The consumer's head is read with a load-acquire (pairs with its
@@ -52,20 +59,31 @@ bool aem_ring_nonempty(struct aem_ctx *ctx)
  * ktail indexes the array, and a head that is not within the last
  * @entries positions makes the ring look full.
  */
-u32 aem_ring_refill(struct aem_ctx *ctx)
+u32 aem_ring_refill(struct aem_ctx *ctx, struct pid **held)
 {
+	unsigned int bp = READ_ONCE(aem_boost_prio);
 	struct aem_ring *ring = ctx->ring;
 	struct aem_popped p;
+	struct pid *old;
 	u32 head, n = 0;
 
 	if (!ring)
 		return 0;
+	if (bp > AEM_PRIO_MAX)
+		bp = 0;
 	/* Pairs with the consumer's store-release of head. */
 	head = smp_load_acquire(&ring->hdr->head);
-	while (ring->ktail - head < ring->entries && aem_pop(ctx, &p)) {
+	while (ring->ktail - head < ring->entries) {
+		if (!held && bp && (ctx->bitmap >> bp))
+			break;
+		if (!aem_pop(ctx, &p))
+			break;
 		ring->ents[ring->ktail & (ring->entries - 1)] = p.d;
 		ring->ktail++;
 		n++;
+		old = held ? aem_boost_hold(ctx, p.d.prio) : NULL;
+		if (old)
+			*held = old;
 	}
 	if (n) {
 		/* Entries before tail; pairs with the consumer's acquire. */
@@ -159,7 +177,7 @@ int aem_ioc_ring_setup(struct aem_ctx *ctx, void __user *uarg)
 		 * Never changes until release.
 		 */
 		smp_store_release(&ctx->ring, ring);
-		aem_ring_refill(ctx);
+		aem_ring_refill(ctx, NULL);
 		aem_after_pop(ctx);
 	}
 	spin_unlock_irqrestore(&ctx->lock, flags);

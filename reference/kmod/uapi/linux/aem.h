@@ -349,7 +349,11 @@ struct aem_signal {
  * CAP_IPC_LOCK: -ENOMEM when they would exceed it.
  * The kernel moves deliveries from its priority queue into the ring while
  * there is room (on activation and on AEM_IOC_WAIT with AEM_WAIT_REFILL),
- * so the ring is in priority order at the time of each refill.
+ * so the ring is in priority order at the time of each refill. A delivery
+ * at or above aem_info.boost_prio (when boosting is on) is moved only by
+ * AEM_IOC_WAIT(AEM_WAIT_REFILL): until then it is pending, with backlog
+ * set, and the boost it causes lasts, as after a pop, until the caller's
+ * next ioctl on the context (its handler runs boosted).
  *
  * Memory ordering (io_uring style): the kernel writes an entry, then
  * store-releases tail. User space load-acquires tail, reads entries up to

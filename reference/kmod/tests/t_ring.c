@@ -1,0 +1,108 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * Tests of the completion ring (aem_ring.c) as the library consumes it:
+ * deliveries flow without a system call, and what must still pass
+ * through one (a boosting delivery) does.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include "harness.h"
+
+static const char boost_prio[] = "/sys/module/aem/parameters/boost_prio";
+static const char boost_ceiling[] = "/sys/module/aem/parameters/boost_ceiling";
+
+static uint32_t ring_entries_off;
+
+static struct aem_ring_hdr *ring_map(int fd, uint32_t entries)
+{
+	struct aem_ring_setup rs = { .size = sizeof(rs), .entries = entries };
+	void *map;
+
+	if (aem_ioctl(fd, AEM_IOC_RING_SETUP, &rs))
+		return NULL;
+	ring_entries_off = rs.entries_off;
+	map = mmap(NULL, rs.mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	return map == MAP_FAILED ? NULL : map;
+}
+
+static const struct aem_delivery *ring_entry(struct aem_ring_hdr *hdr, uint32_t i)
+{
+	const struct aem_delivery *ents =
+		(const void *)((char *)hdr + ring_entries_off);
+
+	return &ents[i & hdr->mask];
+}
+
+static int refill(int fd)
+{
+	struct aem_wait w = { .size = sizeof(w), .flags = AEM_WAIT_REFILL };
+
+	return aem_ioctl(fd, AEM_IOC_WAIT, &w);
+}
+
+/*
+ * An activation moves deliveries into the ring, but one at or above
+ * boost_prio must keep the thread boosted until its handler has run: it
+ * waits in the queue (backlog set) until the consumer's own REFILL moves
+ * it, and the boost lasts until that consumer's next ioctl. Before, the
+ * raise moved it into the ring at once: the queue was empty, the thread
+ * was never boosted, and its handler ran at the thread's own priority.
+ */
+AEM_TEST(ring_boosting_delivery_waits_for_consumer, .needs = AEM_NEED_PARAMS, .root = 1)
+{
+	char old_prio[32] = "0", old_ceiling[32] = "0";
+	struct aem_ring_hdr *hdr;
+	uint32_t tail_lo, tail_hi, backlog;
+	int fd, hi, lo, n0, n1, n2, n3, n4, got;
+	uint32_t prio_taken = 0;
+
+	aem_read_file(boost_prio, old_prio, sizeof(old_prio));
+	aem_read_file(boost_ceiling, old_ceiling, sizeof(old_ceiling));
+	CHECK(aem_write_file(boost_prio, "50") == 0 &&
+	      aem_write_file(boost_ceiling, "-5") == 0, "boost parameters");
+	fd = aem_open();
+	CHECK(fd >= 0, "open");
+	hdr = ring_map(fd, 8);
+	CHECK(hdr, "ring");
+	hi = aem_reg_soft(fd, AEM_PRIO(60));
+	lo = aem_reg_soft(fd, AEM_PRIO(10));
+	CHECK(hi > 0 && lo > 0, "register: %d %d", hi, lo);
+
+	n0 = getpriority(PRIO_PROCESS, 0);
+	CHECK(aem_raise(fd, lo, 1, 0) == 0, "raise low");
+	tail_lo = __atomic_load_n(&hdr->tail, __ATOMIC_ACQUIRE);
+	n1 = getpriority(PRIO_PROCESS, 0);
+	CHECK(aem_raise(fd, hi, 1, 0) == 0, "raise urgent");
+	tail_hi = __atomic_load_n(&hdr->tail, __ATOMIC_ACQUIRE);
+	backlog = __atomic_load_n(&hdr->backlog, __ATOMIC_RELAXED);
+	n2 = getpriority(PRIO_PROCESS, 0);
+	/* Consume the low one, then take the urgent one with REFILL. */
+	__atomic_store_n(&hdr->head, tail_lo, __ATOMIC_RELEASE);
+	got = refill(fd);
+	if (got == 1)
+		prio_taken = ring_entry(hdr, tail_lo)->prio;
+	n3 = getpriority(PRIO_PROCESS, 0);	/* its handler would run now */
+	__atomic_store_n(&hdr->head, __atomic_load_n(&hdr->tail, __ATOMIC_ACQUIRE),
+			 __ATOMIC_RELEASE);
+	CHECK(refill(fd) == 0, "second refill");
+	n4 = getpriority(PRIO_PROCESS, 0);
+	aem_write_file(boost_prio, old_prio);
+	aem_write_file(boost_ceiling, old_ceiling);
+	close(fd);
+
+	CHECK(tail_lo == 1, "the low-priority raise did not reach the ring: tail %u", tail_lo);
+	CHECK(n0 == 0 && n1 == 0, "boosted by a low priority: %d %d", n0, n1);
+	CHECK(tail_hi == 1 && backlog == 1,
+	      "the urgent raise went into the ring by itself: tail %u backlog %u", tail_hi,
+	      backlog);
+	CHECK(n2 == -5, "not boosted while urgent pending: nice %d", n2);
+	CHECK(got == 1 && prio_taken == 60, "REFILL moved %d, priority %u", got, prio_taken);
+	CHECK(n3 == -5, "not boosted while its handler runs: nice %d", n3);
+	CHECK(n4 == 0, "not restored by the next ioctl: nice %d", n4);
+}
