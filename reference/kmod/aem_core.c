@@ -229,7 +229,7 @@ static unsigned int aem_pop_batch(struct aem_ctx *ctx,
 	 * priority drops), in front of CPU hogs, before the handler starts.
 	 */
 	for (i = 0; i < n; i++) {
-		struct pid *o = aem_boost_hold(ctx, buf[i].d.prio);
+		struct pid *o = aem_boost_hold(ctx, &buf[i].d);
 
 		if (o)
 			old_pid = o;

@@ -24,6 +24,7 @@
 #include <linux/list.h>
 #include <linux/mm_types.h>
 #include <linux/mutex.h>
+#include <linux/overflow.h>
 #include <linux/pid.h>
 #include <linux/spinlock.h>
 #include <linux/types.h>
@@ -379,11 +380,29 @@ void aem_unboost(struct aem_ctx *ctx);		/* boost_mutex or release */
 void aem_boost_fn(struct work_struct *work);
 void aem_boost_sync(struct aem_ctx *ctx);	/* no AEM lock held */
 void aem_boost_unhold(struct aem_ctx *ctx);	/* no AEM lock held */
-struct pid *aem_boost_hold(struct aem_ctx *ctx, u32 prio); /* ctx->lock */
+struct pid *aem_boost_hold(struct aem_ctx *ctx, struct aem_delivery *d); /* ctx->lock */
 void aem_run_recheck(struct aem_ctx *ctx);	/* ctx->mutex held */
 
 /* aem_ring.c */
+/* A registration's entries in the ring that user space has not consumed. */
+struct aem_ring_share {
+	u64 entries;
+	u64 occurrences;
+	u64 errors;
+	u64 merged;
+};
+
+/* A count that saturates: it never wraps to a small number. */
+static inline u64 aem_sat_add(u64 a, u64 b)
+{
+	u64 sum;
+
+	return check_add_overflow(a, b, &sum) ? U64_MAX : sum;
+}
+
 bool aem_ring_nonempty(struct aem_ctx *ctx);
+void aem_ring_unconsumed(struct aem_ring *ring, u32 ktail, s32 id,
+			 struct aem_ring_share *sh);
 u32 aem_ring_refill(struct aem_ctx *ctx, struct pid **held); /* ctx->lock */
 void aem_ring_free(struct aem_ring *ring);
 int aem_ioc_ring_setup(struct aem_ctx *ctx, void __user *uarg);

@@ -353,19 +353,20 @@ void aem_boost_unhold(struct aem_ctx *ctx)
 }
 
 /*
- * The caller took a delivery of priority @prio to run its handler: if it
- * is that urgent, the boost goes to the caller and lasts until its next
- * ioctl on the context (aem_boost_unhold()). ctx->lock held; returns the
- * pid reference it replaced, for the caller to put once the lock is
- * dropped, or NULL.
+ * The caller took delivery @d to run its handler: if it is that urgent,
+ * the boost goes to the caller and lasts until its next ioctl on the
+ * context (aem_boost_unhold()), and @d says so (AEM_DLV_BOOST). ctx->lock
+ * held; returns the pid reference it replaced, for the caller to put once
+ * the lock is dropped, or NULL.
  */
-struct pid *aem_boost_hold(struct aem_ctx *ctx, u32 prio)
+struct pid *aem_boost_hold(struct aem_ctx *ctx, struct aem_delivery *d)
 {
 	unsigned int p = READ_ONCE(aem_boost_prio);
 	struct pid *old = NULL;
 
-	if (!p || prio < p)
+	if (!p || d->prio < p)
 		return NULL;
+	d->flags |= AEM_DLV_BOOST;
 	ctx->boost_hold = true;
 	ctx->boost_hold_task = current;
 	if (ctx->boost_pid != task_pid(current)) {
@@ -427,11 +428,8 @@ static bool __aem_activate(struct aem_event *reg, u64 count, u64 value,
 		reg->data[1] = data[1];
 	}
 	/* Saturate: a count can never wrap to a small number. */
-	if (check_add_overflow(reg->stats.activations, count,
-			       &reg->stats.activations))
-		reg->stats.activations = U64_MAX;
-	if (check_add_overflow(reg->count, count, &reg->count))
-		reg->count = U64_MAX;
+	reg->stats.activations = aem_sat_add(reg->stats.activations, count);
+	reg->count = aem_sat_add(reg->count, count);
 	reg->state = (reg->state & ~AEM_RS_MERGE) | (how << AEM_RS_MERGE_SHIFT);
 	switch (how) {
 	case AEM_VALUE_SET:

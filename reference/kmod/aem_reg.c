@@ -416,13 +416,24 @@ static void aem_ctl_lookup(struct aem_ctx *ctx, struct aem_event *reg,
 	info->family_version = reg->fam->version;
 	info->user_data = reg->user_data;
 	info->timeout_ms = reg->tmo ? ktime_to_ms(reg->tmo->timeout) : 0;
+	/* Pairs with the store-release that published the ring. */
+	struct aem_ring *ring = smp_load_acquire(&ctx->ring);
+	struct aem_ring_share sh;
+	u32 ktail = 0;
+
 	spin_lock_irqsave(&ctx->lock, flags);
 	info->prio = reg->node.prio;
 	info->flags = (reg->flags & ~AEM_PRIO_FIELD) | AEM_PRIO_GIVEN |
 		      (info->prio << AEM_PRIO_SHIFT);
 	info->enabled = !(reg->state & AEM_RS_DISABLED);
 	info->pending = reg->count;
+	if (ring)
+		ktail = ring->ktail;
 	spin_unlock_irqrestore(&ctx->lock, flags);
+	if (ring) {
+		aem_ring_unconsumed(ring, ktail, reg->id, &sh);
+		info->pending = aem_sat_add(info->pending, sh.occurrences);
+	}
 }
 
 /* AEM_CTL_STATS: fill @st (copied in and out by the caller). */
@@ -431,6 +442,11 @@ static void aem_ctl_stats(struct aem_ctx *ctx, struct aem_event *reg,
 {
 	unsigned long flags;
 
+	/* Pairs with the store-release that published the ring. */
+	struct aem_ring *ring = smp_load_acquire(&ctx->ring);
+	struct aem_ring_share sh;
+	u32 ktail = 0;
+
 	spin_lock_irqsave(&ctx->lock, flags);
 	st->activations = reg->stats.activations;
 	st->deliveries = reg->stats.deliveries;
@@ -438,7 +454,17 @@ static void aem_ctl_stats(struct aem_ctx *ctx, struct aem_event *reg,
 	st->errors = reg->stats.errors;
 	st->overflows = reg->stats.overflows;
 	st->pending = reg->count;
+	if (ring)
+		ktail = ring->ktail;
 	spin_unlock_irqrestore(&ctx->lock, flags);
+	if (!ring)
+		return;
+	/* In the ring, not consumed: pending, not delivered yet. */
+	aem_ring_unconsumed(ring, ktail, reg->id, &sh);
+	st->deliveries -= min(st->deliveries, sh.entries);
+	st->merged -= min(st->merged, sh.merged);
+	st->errors -= min(st->errors, sh.errors);
+	st->pending = aem_sat_add(st->pending, sh.occurrences);
 }
 
 static int aem_ctl_set_prio(struct aem_ctx *ctx, struct aem_event *reg,

@@ -78,12 +78,12 @@ u32 aem_ring_refill(struct aem_ctx *ctx, struct pid **held)
 			break;
 		if (!aem_pop(ctx, &p))
 			break;
+		old = held ? aem_boost_hold(ctx, &p.d) : NULL;
+		if (old)
+			*held = old;
 		ring->ents[ring->ktail & (ring->entries - 1)] = p.d;
 		ring->ktail++;
 		n++;
-		old = held ? aem_boost_hold(ctx, p.d.prio) : NULL;
-		if (old)
-			*held = old;
 	}
 	if (n) {
 		/* Entries before tail; pairs with the consumer's acquire. */
@@ -92,6 +92,37 @@ u32 aem_ring_refill(struct aem_ctx *ctx, struct pid **held)
 	WRITE_ONCE(ring->hdr->backlog,
 		   ctx->bitmap || !list_empty(&ctx->recheck) ? 1 : 0);
 	return n;
+}
+
+/*
+ * Add up what the entries of registration @id that user space has not
+ * consumed hold: from head to @ktail, a tail read under ctx->lock together
+ * with the registration's counts. Such entries are still pending: the
+ * kernel never writes over them before head passes them. User space may
+ * scribble on them, which skews only its own figures (the caller clamps).
+ */
+void aem_ring_unconsumed(struct aem_ring *ring, u32 ktail, s32 id,
+			 struct aem_ring_share *sh)
+{
+	u32 head = READ_ONCE(ring->hdr->head), i;
+	const struct aem_delivery *e;
+	u64 count;
+
+	memset(sh, 0, sizeof(*sh));
+	if (ktail - head > ring->entries)	/* hostile head */
+		head = ktail - ring->entries;
+	for (i = head; i != ktail; i++) {
+		e = &ring->ents[i & (ring->entries - 1)];
+		if (READ_ONCE(e->id) != id)
+			continue;
+		count = READ_ONCE(e->count);
+		sh->entries++;
+		sh->occurrences = aem_sat_add(sh->occurrences, count);
+		if (READ_ONCE(e->error))
+			sh->errors++;
+		else if (count > 1)
+			sh->merged = aem_sat_add(sh->merged, count - 1);
+	}
 }
 
 /*

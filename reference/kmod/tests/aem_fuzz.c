@@ -1481,8 +1481,8 @@ static void check_dlv(struct thr *t, struct fctx *c, const struct aem_delivery *
 {
 	struct freg *g;
 
-	if (d->reserved0 || d->prio > AEM_PRIO_MAX || (d->flags & ~AEM_DLV_FINAL) ||
-	    d->id < 0) {
+	if (d->reserved0 || d->prio > AEM_PRIO_MAX ||
+	    (d->flags & ~(AEM_DLV_FINAL | AEM_DLV_BOOST)) || d->id < 0) {
 		FIND(t, "malformed delivery: id %d type %u prio %u flags %#x reserved0 %u",
 		     d->id, d->type, d->prio, d->flags, d->reserved0);
 		return;
@@ -2206,10 +2206,12 @@ static void check_lookup(struct thr *t, struct freg *g,
 		     g->id, i.prio, i.enabled, g->prio, g->enabled);
 }
 
-/* STATS; the exact balance needs one thread and a ring that did not move. */
+/*
+ * STATS; the exact balance needs one thread and a ring that did not move.
+ * Entries in the ring that head has not passed are pending, not delivered.
+ */
 static void check_stats(struct thr *t, struct fctx *c, struct freg *g,
-			const struct aem_reg_stats *st, bool ring_stable,
-			uint64_t rcount, uint64_t rn, uint64_t rerr)
+			const struct aem_reg_stats *st, bool ring_stable)
 {
 	uint64_t sum;
 
@@ -2236,14 +2238,11 @@ static void check_stats(struct thr *t, struct fctx *c, struct freg *g,
 	if (!single() || !ring_stable || c->garbled || g->sat ||
 	    st->activations >= (1ull << 62))
 		return;
-	sum = g->dcount + st->pending + rcount;
-	if (st->activations != sum || st->deliveries != g->dn + rn ||
-	    st->errors != g->derr + rerr)
-		FIND(t, "STATS id %d (type %u): %s; seen: %llu, %llu, %llu; ring: %llu, %llu, %llu",
+	sum = g->dcount + st->pending;
+	if (st->activations != sum || st->deliveries != g->dn || st->errors != g->derr)
+		FIND(t, "STATS id %d (type %u): %s; consumed: %llu, %llu, %llu",
 		     g->id, g->type, b, (unsigned long long)g->dcount,
-		     (unsigned long long)g->dn, (unsigned long long)g->derr,
-		     (unsigned long long)rcount, (unsigned long long)rn,
-		     (unsigned long long)rerr);
+		     (unsigned long long)g->dn, (unsigned long long)g->derr);
 }
 
 static const uint32_t ctl_ops_w[] = {
@@ -2270,7 +2269,6 @@ static void act_ctl(struct thr *t, struct draw *d)
 	struct freg *g = NULL;
 	int state, id;
 	bool nested = false, ring_stable = false, have_slock = false;
-	uint64_t rc = 0, rn = 0, rerr = 0;
 	uint32_t op, tail0 = 0;
 	long ret;
 
@@ -2423,19 +2421,9 @@ static void act_ctl(struct thr *t, struct draw *d)
 			ring_stable = true;
 		} else if (c->ring_state == RS_SET && c->ring && !c->garbled) {
 			struct aem_ring_hdr *h = (struct aem_ring_hdr *)c->ring;
-			struct aem_delivery *en = (struct aem_delivery *)(c->ring + 256);
 			uint32_t tail1 = __atomic_load_n(&h->tail, __ATOMIC_ACQUIRE);
 
 			ring_stable = tail1 == tail0 && tail1 - c->head <= c->ring_ent;
-			for (uint32_t i = c->head; ring_stable && i != tail1; i++) {
-				struct aem_delivery *x = &en[i & (c->ring_ent - 1)];
-
-				if (x->id == id) {
-					rc += x->count;
-					rn++;
-					rerr += !!x->error;
-				}
-			}
 		}
 		pthread_mutex_unlock(&c->slock);
 	}
@@ -2467,7 +2455,7 @@ static void act_ctl(struct thr *t, struct draw *d)
 			break;
 		case AEM_CTL_STATS:
 			if (ci.place == PL_NORMAL)
-				check_stats(t, c, g, &in.st, ring_stable, rc, rn, rerr);
+				check_stats(t, c, g, &in.st, ring_stable);
 			break;
 		}
 	}

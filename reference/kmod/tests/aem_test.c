@@ -1117,6 +1117,7 @@ static void t_boost(void)
 	const char *bc = "/sys/module/aem/parameters/boost_ceiling";
 	struct aem_delivery d[2];
 	int hi, lo, n0, n1, n2, n3, n4;
+	uint32_t f3, f4;
 
 	CHECK(write_param(bp, "50") == 0 && write_param(bc, "-5") == 0,
 	      "params");
@@ -1132,8 +1133,10 @@ static void t_boost(void)
 	raise_ev(dev_fd, hi, 1, 0);
 	n2 = getpriority(PRIO_PROCESS, 0);
 	wait_ev(dev_fd, d, 1, 0);	/* takes the urgent one only */
+	f3 = d[0].flags;
 	n3 = getpriority(PRIO_PROCESS, 0);	/* its handler would run now */
 	wait_ev(dev_fd, d, 1, 0);	/* back: takes the low one */
+	f4 = d[0].flags;
 	n4 = getpriority(PRIO_PROCESS, 0);
 	write_param(bp, "0");
 	write_param(bc, "0");
@@ -1145,6 +1148,7 @@ static void t_boost(void)
 	CHECK(n2 == -5, "not boosted while urgent pending: nice %d", n2);
 	CHECK(n3 == -5, "not boosted while its handler runs: nice %d", n3);
 	CHECK(n4 == 0, "not restored after the handler: nice %d", n4);
+	CHECK(f3 == AEM_DLV_BOOST && f4 == 0, "delivery flags: urgent %#x, low %#x", f3, f4);
 }
 
 /*

@@ -60,7 +60,7 @@ AEM_TEST(ring_boosting_delivery_waits_for_consumer, .needs = AEM_NEED_PARAMS, .r
 	struct aem_ring_hdr *hdr;
 	uint32_t tail_lo, tail_hi, backlog;
 	int fd, hi, lo, n0, n1, n2, n3, n4, got;
-	uint32_t prio_taken = 0;
+	uint32_t prio_taken = 0, flags_taken = 0, flags_low;
 
 	aem_read_file(boost_prio, old_prio, sizeof(old_prio));
 	aem_read_file(boost_ceiling, old_ceiling, sizeof(old_ceiling));
@@ -83,10 +83,13 @@ AEM_TEST(ring_boosting_delivery_waits_for_consumer, .needs = AEM_NEED_PARAMS, .r
 	backlog = __atomic_load_n(&hdr->backlog, __ATOMIC_RELAXED);
 	n2 = getpriority(PRIO_PROCESS, 0);
 	/* Consume the low one, then take the urgent one with REFILL. */
+	flags_low = ring_entry(hdr, 0)->flags;
 	__atomic_store_n(&hdr->head, tail_lo, __ATOMIC_RELEASE);
 	got = refill(fd);
-	if (got == 1)
+	if (got == 1) {
 		prio_taken = ring_entry(hdr, tail_lo)->prio;
+		flags_taken = ring_entry(hdr, tail_lo)->flags;
+	}
 	n3 = getpriority(PRIO_PROCESS, 0);	/* its handler would run now */
 	__atomic_store_n(&hdr->head, __atomic_load_n(&hdr->tail, __ATOMIC_ACQUIRE),
 			 __ATOMIC_RELEASE);
@@ -103,6 +106,50 @@ AEM_TEST(ring_boosting_delivery_waits_for_consumer, .needs = AEM_NEED_PARAMS, .r
 	      backlog);
 	CHECK(n2 == -5, "not boosted while urgent pending: nice %d", n2);
 	CHECK(got == 1 && prio_taken == 60, "REFILL moved %d, priority %u", got, prio_taken);
+	CHECK(flags_taken == AEM_DLV_BOOST && flags_low == 0,
+	      "delivery flags: urgent %#x, low %#x", flags_taken, flags_low);
 	CHECK(n3 == -5, "not boosted while its handler runs: nice %d", n3);
 	CHECK(n4 == 0, "not restored by the next ioctl: nice %d", n4);
+}
+
+/*
+ * An entry in the ring that head has not passed is pending, not
+ * delivered: STATS and LOOKUP count it so, and activations = delivered
+ * counts + pending holds at every moment. Before, the kernel counted it
+ * delivered as soon as it was written, so an application that read STATS
+ * while its library had not consumed the ring saw fewer pending
+ * occurrences than the ring held (pending 0, deliveries 3 below).
+ */
+AEM_TEST(ring_unconsumed_entries_are_pending)
+{
+	struct aem_reg_stats st0, st1;
+	struct aem_reg_info info = { .size = sizeof(info) };
+	struct aem_ring_hdr *hdr;
+	int fd, id, i, lk;
+
+	fd = aem_open();
+	CHECK(fd >= 0, "open");
+	hdr = ring_map(fd, 8);
+	CHECK(hdr, "ring");
+	id = aem_reg_soft(fd, 0);
+	CHECK(id > 0, "register: %d", id);
+	for (i = 0; i < 3; i++)
+		CHECK(aem_raise(fd, id, 1, i) == 0, "raise %d", i);
+	CHECK(__atomic_load_n(&hdr->tail, __ATOMIC_ACQUIRE) == 3,
+	      "tail %u after 3 raises", hdr->tail);
+	CHECK(aem_stats(fd, id, &st0) == 0, "stats");
+	__atomic_store_n(&hdr->head, 2, __ATOMIC_RELEASE);	/* consume two */
+	CHECK(aem_stats(fd, id, &st1) == 0, "stats");
+	lk = aem_ctl(fd, id, AEM_CTL_LOOKUP, (uint64_t)(uintptr_t)&info);
+	close(fd);
+	CHECK(st0.activations == 3 && st0.pending == 3 && st0.deliveries == 0,
+	      "nothing consumed: activations %llu pending %llu deliveries %llu",
+	      (unsigned long long)st0.activations, (unsigned long long)st0.pending,
+	      (unsigned long long)st0.deliveries);
+	CHECK(st1.activations == 3 && st1.pending == 1 && st1.deliveries == 2,
+	      "two consumed: activations %llu pending %llu deliveries %llu",
+	      (unsigned long long)st1.activations, (unsigned long long)st1.pending,
+	      (unsigned long long)st1.deliveries);
+	CHECK(lk == 0 && info.pending == 1, "LOOKUP: %d, pending %llu", lk,
+	      (unsigned long long)info.pending);
 }

@@ -100,6 +100,9 @@
 
 /* Flags of struct aem_delivery. */
 #define AEM_DLV_FINAL		0x1u	/* the id is gone after this one */
+#define AEM_DLV_BOOST		0x2u	/* the taker holds the boost for its */
+					/* handler until its next ioctl on */
+					/* the context (AEM_IOC_WAIT) */
 
 /* Event type of a context notification (struct aem_delivery, id 0). */
 #define AEM_EV_OVERLOAD		0	/* error -EOVERFLOW, see aem_delivery */
@@ -246,7 +249,8 @@ struct aem_reg_info {		/* AEM_CTL_LOOKUP */
 	__s32 fd;		/* watched fd at registration, -1: none */
 	__u32 family_version;
 	__u64 user_data;
-	__u64 pending;		/* occurrences not yet delivered */
+	__u64 pending;		/* occurrences not yet delivered (with a */
+				/* ring: or in it, not consumed) */
 	__u64 timeout_ms;	/* 0: none */
 };
 
@@ -256,7 +260,8 @@ struct aem_reg_stats {		/* AEM_CTL_STATS */
 	__u32 size;		/* in: sizeof(struct aem_reg_stats) */
 	__u32 reserved0;
 	__u64 activations;	/* occurrences counted */
-	__u64 deliveries;	/* deliveries handed to user space */
+	__u64 deliveries;	/* deliveries handed to user space (with */
+				/* a ring: consumed, head past them) */
 	__u64 merged;		/* occurrences merged into another delivery */
 	__u64 errors;		/* error deliveries */
 	__u64 overflows;	/* activations deferred by the pending limit */
