@@ -73,11 +73,14 @@ struct Policy {
   int boost_ceiling = 10;                      // nice steps; 0: no boost
   uint64_t min_timer_period_ns = 0;            // 0: no minimum
   size_t arena_bytes = size_t{64} << 20;       // event-data arena
+  uint32_t kmod_ring_entries = 256;            // kernel backend's ring; 0: none
+  uint64_t kmod_spin_ns = 50000;               // watch the ring before sleeping
 
   // Reads AEM_MAX_REGISTRATIONS, AEM_MAX_PENDING, AEM_ALLOWED_TYPES,
   // AEM_ALLOWED_EXECUTORS, AEM_BOOST_CEILING, AEM_MIN_TIMER_PERIOD_NS,
-  // AEM_ARENA_BYTES. Returns 0, or -EINVAL with why set to a message that
-  // names the variable and what it accepts.
+  // AEM_ARENA_BYTES, AEM_KMOD_RING, AEM_KMOD_SPIN_US. Returns 0, or
+  // -EINVAL with why set to a message that names the variable and what it
+  // accepts.
   static int from_env(Policy& out, std::string& why);
 };
 

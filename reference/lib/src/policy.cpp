@@ -69,6 +69,8 @@ int env_set(const char* name, uint32_t& out, const std::pair<std::string_view, i
   return 0;
 }
 
+constexpr uint64_t kMaxRingEntries = 4096;  // struct aem_ring_setup.entries: 2..4096
+
 constexpr std::pair<std::string_view, int> kTypes[] = {
     {"accept", AEM_EV_ACCEPT}, {"read", AEM_EV_READ}, {"close", AEM_EV_CLOSE},
     {"sk", AEM_EV_SK},         {"sock", AEM_EV_SOCK}, {"timer", AEM_EV_TIMER},
@@ -107,6 +109,18 @@ int Policy::from_env(Policy& p, std::string& why) {
   v = p.arena_bytes;
   if ((r = env_u64("AEM_ARENA_BYTES", v, 4096, uint64_t{1} << 36, why))) return r;
   p.arena_bytes = v;
+  v = p.kmod_ring_entries;
+  if ((r = env_u64("AEM_KMOD_RING", v, 0, kMaxRingEntries, why))) return r;
+  if (v == 1 || (v & (v - 1))) {
+    why = "AEM_KMOD_RING='" + std::to_string(v) +
+          "': expected 0 (no ring) or a power of two from 2 to " + std::to_string(kMaxRingEntries);
+    return -EINVAL;
+  }
+  p.kmod_ring_entries = static_cast<uint32_t>(v);
+  v = p.kmod_spin_ns / 1000;
+  if ((r = env_u64("AEM_KMOD_SPIN_US", v, 0, 10000, why))) return r;
+  // One CPU: the producer would wait for the spin to end.
+  p.kmod_spin_ns = sysconf(_SC_NPROCESSORS_ONLN) > 1 ? v * 1000 : 0;
   if ((r = env_set("AEM_ALLOWED_TYPES", p.allowed_types, kTypes, why))) return r;
   if ((r = env_set("AEM_ALLOWED_EXECUTORS", p.allowed_executors, kExecs, why))) return r;
   return 0;

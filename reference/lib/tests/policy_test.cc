@@ -187,7 +187,8 @@ TEST_F(Policy, InvalidPolicyValuesAreRefused) {
   AEM_REQ("AEM-3.5.3", "AEM-3.5.4");
   for (const char* kv : {"AEM_MAX_REGISTRATIONS=abc", "AEM_MAX_PENDING=0", "AEM_ARENA_BYTES=100",
                          "AEM_ALLOWED_TYPES=soft,bogus", "AEM_ALLOWED_EXECUTORS=everything",
-                         "AEM_BOOST_CEILING=-1", "AEM_BACKEND=nonsense"}) {
+                         "AEM_BOOST_CEILING=-1", "AEM_BACKEND=nonsense", "AEM_KMOD_RING=3",
+                         "AEM_KMOD_RING=1", "AEM_KMOD_RING=8192", "AEM_KMOD_SPIN_US=10001"}) {
     SCOPED_TRACE(kv);
     EXPECT_CHILD_OK([kv] {
                 std::string s(kv);

@@ -5,9 +5,10 @@
 // the priority queue, occurrence counting and merging, timers (hrtimer),
 // software events, fd readiness (edge/level), limits, timeouts and the
 // overload notice. This backend maps each family's Spec onto
-// AEM_IOC_REGISTER (user_data = the library's id of the record), pulls
-// deliveries with AEM_IOC_WAIT (strict priority order), runs the handlers
-// and maps evctl onto AEM_IOC_CTL, evsoft_raise onto AEM_IOC_RAISE.
+// AEM_IOC_REGISTER (user_data = the library's id of the record), takes
+// deliveries from the context's completion ring (or with AEM_IOC_WAIT),
+// runs the handlers and maps evctl onto AEM_IOC_CTL, evsoft_raise onto
+// AEM_IOC_RAISE.
 //
 // Families the kernel does not have yet (the socket families: accept,
 // read, close, sk, sock) are -EOPNOTSUPP here: see add().
@@ -32,16 +33,36 @@
 // Delivery
 //   The kernel has one queue per context; the library has one per
 //   execution context. Whoever needs work (a thread in aem_dispatch() or
-//   enter_keepalive(), the doorbell handler, the worker) pulls with
+//   enter_keepalive(), the doorbell handler, the worker) pulls before each
+//   handler, routes every delivery to its record's queue (waking that
+//   queue's thread), then runs the most urgent entry of its own queue.
+//   A pull takes everything in the completion ring, which the kernel
+//   fills as events activate (no system call), and makes one
+//   AEM_IOC_WAIT(AEM_WAIT_REFILL) only when the ring header says that
+//   deliveries wait in the kernel (backlog: the ring was full, a
+//   level-triggered source is due for its re-check, or a boosting delivery
+//   waits for the consumer), or to end a boost it holds. Without a ring
+//   (AEM_KMOD_RING=0, or RLIMIT_MEMLOCK too low) it pulls with
 //   AEM_IOC_WAIT(timeout 0) until it has pulled something of its own or
-//   the kernel is empty, routes every delivery to its record's queue
-//   (waking that queue's thread), then runs the most urgent entry of its
-//   own queue. Since the kernel pops in priority order, what is still in
-//   the kernel for a queue is never more urgent than what was pulled for
-//   it, so each queue runs in strict priority order, FIFO within a level.
+//   the kernel is empty. Either way, what is still in the kernel for a
+//   queue is never more urgent than what was pulled for it (the kernel
+//   pops in priority order, and everything it moved to the ring is taken),
+//   so each queue runs in strict priority order, FIFO within a level.
 //   Waiting is poll() on the context fd (readable while something is
-//   pending) and the queue's wake eventfd, never AEM_IOC_WAIT with a
-//   timeout, so no lock is held while sleeping.
+//   pending or the ring is not empty) and the queue's wake eventfd, never
+//   AEM_IOC_WAIT with a timeout, so no lock is held while sleeping. With a
+//   ring, a thread first watches it for AEM_KMOD_SPIN_US (spin()): under a
+//   sustained stream the next delivery arrives before a sleep would end.
+//
+// The ring (memory ordering, the kernel's side in reference/kmod/aem_ring.c)
+//   The kernel writes entries, then store-releases tail; pull_ring()
+//   load-acquires tail, copies the entries before it, then store-releases
+//   head, so the kernel never overwrites an entry being read. Only this
+//   library writes head, under mu_, so its own value needs no atomics.
+//   Doorbell (Dekker): the kernel publishes tail, then exchanges the
+//   header's doorbell to 1 and signals on 0 -> 1; the pull that empties the
+//   ring stores 0 (seq_cst), then reads tail and backlog again before it
+//   reports the kernel empty.
 //
 // Threads
 //   worker     one per context, started on the first THREAD or PROCESS
@@ -52,9 +73,9 @@
 //              aem_set_async(1), from the doorbell signal handler: the
 //              kernel signals the thread given to AEM_IOC_SET_SIGNAL (the
 //              last one that turned async on), which drains the kernel
-//              until AEM_IOC_WAIT returns less than it asked for (that
-//              re-arms the doorbell); deliveries for another async thread
-//              are passed on with tgkill().
+//              until the kernel is empty (that re-arms the doorbell);
+//              deliveries for another async thread are passed on with
+//              tgkill().
 //
 // Locking
 //   Core::mu_ protects every field of the core, its records and queues. It
@@ -306,7 +327,10 @@ struct Queue {
   bool waiting = false;
   bool async = false;
   bool busy = false;
-  bool undrained = false;  // it left the kernel with deliveries (see dispatch)
+  bool undrained = false;   // it left the kernel with deliveries (see dispatch)
+  bool boost_held = false;  // its refill took a boosting delivery: ends with an ioctl
+  std::atomic<bool> spinning{false};  // its thread watches the ring before sleeping
+  std::atomic<bool> poked{false};     // meanwhile, another thread routed work to it
   std::atomic<bool> bell{false};
 };
 
@@ -357,6 +381,7 @@ class Core : public std::enable_shared_from_this<Core> {
   int init(std::string& why);
   int add(Spec&& spec);
   int raise(int jid, uint64_t value);
+  int raise_into_final(int jid, uint64_t value);
   int ctl(int jid, unsigned int op, unsigned long arg);
   int dispatch(int timeout_ms);
   int keepalive();
@@ -372,6 +397,9 @@ class Core : public std::enable_shared_from_this<Core> {
   // closed only when none is (close_fd()). Zero in a forked child.
   std::atomic<int> inflight_{0};
   std::atomic<bool> forked_{false};
+  // Threads watching the ring without mu_ (spin()); zero in a forked child.
+  std::atomic<int> spinners_{0};
+  std::atomic<bool> spin_stop_{false};
 
  private:
   // Under mu_.
@@ -386,11 +414,14 @@ class Core : public std::enable_shared_from_this<Core> {
   void retire(Rec& r);
   void reap(std::unique_lock<std::mutex>& lk);
   int pull(Queue& self, bool until_mine);
+  int pull_ring(Queue& self);
+  void setup_ring(std::string& why, int& err);
   bool route(const aem_delivery& d, Queue& self);
   // 1: a handler ran; 0: an entry was consumed without one; -1: empty.
   int run_one(Queue& q, std::unique_lock<std::mutex>& lk);
   int run_error(Queue& q, int jid, int err, Rec* r, std::unique_lock<std::mutex>& lk);
   int wait(Queue& q, std::unique_lock<std::mutex>& lk, int timeout_ms);
+  bool spin(Queue& q, std::unique_lock<std::mutex>& lk);
   int kreg(Rec& r, uint32_t kflags, int64_t value_ns, uint64_t user_data = 0);
   int kctl(const Rec& r, unsigned op, uint64_t arg);
   void set_doorbell(pid_t tid);
@@ -428,6 +459,12 @@ class Core : public std::enable_shared_from_this<Core> {
   std::vector<Child> children_;  // PROCESS executor children (worker only)
   Rec* doomed_ = nullptr;
   pid_t sig_tid_ = 0;  // the doorbell's thread, 0: none
+  // The completion ring (AEM_IOC_RING_SETUP), mapped shared; null: pulls
+  // use AEM_IOC_WAIT. Not inherited by fork() (VM_DONTCOPY).
+  aem_ring_hdr* ring_ = nullptr;
+  const aem_delivery* ring_ents_ = nullptr;
+  uint32_t ring_mask_ = 0;
+  size_t ring_bytes_ = 0;
   // The data arena (kernel memory mapped read-only, AEM_IOC_ARENA_SETUP),
   // created with the first read registration.
   const uint8_t* arena_ = nullptr;
@@ -482,7 +519,31 @@ int Core::init(std::string& why) {
     why = "AEM_BACKEND=kmod: too many contexts in this process";
     return -EMFILE;
   }
-  return 0;
+  int err = 0;
+  setup_ring(why, err);
+  return err;
+}
+
+// The completion ring, if the policy wants one. A ring the kernel refuses
+// (RLIMIT_MEMLOCK) leaves the pulls to AEM_IOC_WAIT; a ring that exists
+// but cannot be mapped is an error: the kernel would move deliveries into
+// it that nobody could read.
+void Core::setup_ring(std::string& why, int& err) {
+  if (!policy_.kmod_ring_entries || fd_ < 0) return;
+  aem_ring_setup rs{};
+  rs.size = sizeof rs;
+  rs.entries = policy_.kmod_ring_entries;
+  if (xioctl(fd_, AEM_IOC_RING_SETUP, &rs) < 0) return;
+  void* m = mmap(nullptr, rs.mmap_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd_, 0);
+  if (m == MAP_FAILED) {
+    err = -errno;
+    why = std::string("AEM_BACKEND=kmod: cannot map the completion ring: ") + strerror(errno);
+    return;
+  }
+  ring_ = static_cast<aem_ring_hdr*>(m);
+  ring_ents_ = reinterpret_cast<const aem_delivery*>(static_cast<const char*>(m) + rs.entries_off);
+  ring_mask_ = rs.entries - 1;
+  ring_bytes_ = rs.mmap_size;
 }
 
 int Core::shutdown() {
@@ -511,6 +572,10 @@ int Core::shutdown() {
   // fd would not release the context and its registrations.
   if (arena_) munmap(const_cast<uint8_t*>(arena_), arena_size_);
   arena_ = nullptr;
+  spin_stop_.store(true);
+  for (int n; (n = spinners_.load()) != 0;) spinners_.wait(n);
+  if (ring_) munmap(ring_, ring_bytes_);  // it holds the context file too
+  ring_ = nullptr;
   close_fd();  // the kernel releases every registration
   if (slot_ >= 0) g_cores[static_cast<size_t>(slot_)].store(nullptr);
   slot_ = -1;
@@ -555,6 +620,8 @@ void Core::wake(Queue& q) {
     uint64_t one = 1;
     if (write(q.wakefd, &one, sizeof one) < 0) {
     }
+  } else if (q.spinning.load(std::memory_order_relaxed)) {
+    q.poked.store(true, std::memory_order_release);
   } else if (q.async && !q.busy && q.tid > 0 && !q.bell.exchange(true)) {
     tgkill(getpid(), q.tid, doorbell_signal());
   }
@@ -672,6 +739,7 @@ void Core::reap(std::unique_lock<std::mutex>& lk) {
 // once something for self was pulled. Returns how many, or -errno.
 int Core::pull(Queue& self, bool until_mine) {
   if (fd_ < 0 || stopping_) return 0;
+  if (ring_) return pull_ring(self);
   int total = 0;
   for (;;) {
     if (!k_in_signal) {
@@ -699,6 +767,61 @@ int Core::pull(Queue& self, bool until_mine) {
     total += n;
     self.undrained = n == static_cast<int>(kPullMax);
     if (n < static_cast<int>(kPullMax) || (until_mine && mine)) return total;
+  }
+}
+
+// Takes everything in the ring (no system call), then, once, refills it
+// when the kernel holds more (backlog) or self holds a boost to end.
+// Returns how many deliveries it routed, or -errno.
+int Core::pull_ring(Queue& self) {
+  int total = 0;
+  bool refilled = false;
+  uint32_t head = ring_->head;  // only this library writes it, under mu_
+  for (;;) {
+    if (!k_in_signal) {
+      for (Rec* r : sock_recs_)
+        if (r->items.room() < 2 * kPullMax) r->items.reserve(r->items.size() + kItemRoom);
+    } else if (!sock_recs_.empty() && !items_room()) {
+      items_full_ = true;  // as in pull(): the doorbell handler comes back
+      self.undrained = true;
+      return total;
+    }
+    // Pairs with the kernel's store-release of tail: the entries before
+    // it are written.
+    const uint32_t tail = __atomic_load_n(&ring_->tail, __ATOMIC_ACQUIRE);
+    unsigned n = 0;
+    for (; head != tail && n < kPullMax; ++head, ++n) {
+      const aem_delivery d = ring_ents_[head & ring_mask_];
+      if (d.flags & AEM_DLV_BOOST) self.boost_held = true;  // this thread's refill took it
+      route(d, self);
+    }
+    if (n) {
+      // The entries are copied: pairs with the kernel's load-acquire of
+      // head before it writes over them.
+      __atomic_store_n(&ring_->head, head, __ATOMIC_RELEASE);
+      total += static_cast<int>(n);
+      continue;
+    }
+    bool backlog = __atomic_load_n(&ring_->backlog, __ATOMIC_RELAXED) != 0;
+    if ((backlog || self.boost_held) && !refilled) {
+      // Level-triggered sources are re-checked, the queue moves into the
+      // ring; the ioctl ends a boost self held (the kernel's rule).
+      self.boost_held = false;
+      refilled = true;
+      aem_wait w{};
+      w.size = sizeof w;
+      w.flags = AEM_WAIT_REFILL;
+      if (int r = xioctl(fd_, AEM_IOC_WAIT, &w); r < 0) return r;
+      continue;
+    }
+    if (!backlog && sig_tid_ && __atomic_load_n(&ring_->doorbell, __ATOMIC_RELAXED)) {
+      // Re-arm the doorbell, then look again (Dekker, see the top).
+      __atomic_store_n(&ring_->doorbell, 0u, __ATOMIC_SEQ_CST);
+      if (__atomic_load_n(&ring_->tail, __ATOMIC_SEQ_CST) != head) continue;
+      backlog = __atomic_load_n(&ring_->backlog, __ATOMIC_SEQ_CST) != 0;
+    }
+    self.undrained = backlog;
+    return total;
   }
 }
 
@@ -941,7 +1064,42 @@ int Core::run_one(Queue& q, std::unique_lock<std::mutex>& lk) {
   return 1;
 }
 
+// Before a thread sleeps, it watches the ring for a while (AEM_KMOD_SPIN_US):
+// under a sustained stream the next delivery comes sooner than a sleep and
+// a wake-up would take, and taking it then costs no system call. Runs
+// without mu_ (the producers' raises take it); shutdown() waits for the
+// spinners before it unmaps the ring. Returns true when the ring moved or
+// work was routed to q meanwhile: no need to sleep.
+bool Core::spin(Queue& q, std::unique_lock<std::mutex>& lk) {
+  if (!ring_ || !policy_.kmod_spin_ns || stopping_ || k_in_signal) return false;
+  const aem_ring_hdr* h = ring_;
+  const uint32_t head = h->head;  // written under mu_ only
+  spinners_.fetch_add(1);
+  q.poked.store(false, std::memory_order_relaxed);
+  q.spinning.store(true, std::memory_order_release);
+  lk.unlock();
+  const uint64_t end = now_ns(CLOCK_MONOTONIC) + policy_.kmod_spin_ns;
+  bool moved = false;
+  for (unsigned i = 1; !spin_stop_.load(std::memory_order_relaxed); ++i) {
+    // Acquire: pairs with the kernel's store-release of tail (the entries
+    // are read by pull_ring() after mu_ is taken again).
+    if (__atomic_load_n(&h->tail, __ATOMIC_ACQUIRE) != head ||
+        __atomic_load_n(&h->backlog, __ATOMIC_RELAXED) ||
+        q.poked.load(std::memory_order_acquire)) {
+      moved = true;
+      break;
+    }
+    __builtin_ia32_pause();
+    if (i % 64 == 0 && now_ns(CLOCK_MONOTONIC) >= end) break;
+  }
+  q.spinning.store(false, std::memory_order_relaxed);
+  if (spinners_.fetch_sub(1) == 1) spinners_.notify_all();
+  lk.lock();
+  return moved || q.poked.load(std::memory_order_relaxed) || q.nhead || q.overload || q.bitmap;
+}
+
 int Core::wait(Queue& q, std::unique_lock<std::mutex>& lk, int timeout_ms) {
+  if (spin(q, lk)) return 1;
   std::vector<pollfd> extra;  // the worker's children (never in a signal handler)
   if (q.worker)
     for (const Child& c : children_)
@@ -1391,7 +1549,25 @@ int Core::raise(int jid, uint64_t value) {
   lk.unlock();
   int e = xioctl(fd, AEM_IOC_RAISE, &a);
   if (inflight_.fetch_sub(1) == 1) inflight_.notify_all();
+  if (e == -ENOENT) return raise_into_final(jid, value);
   return e < 0 ? e : 0;
+}
+
+// The kernel took the registration's final delivery (a one-shot's), which
+// waits in the ring or in the library for its handler: the occurrence
+// merges into it here, as it would have merged in the kernel a moment
+// earlier. Once the handler runs, the id is invalid (-ENOENT).
+int Core::raise_into_final(int jid, uint64_t value) {
+  std::unique_lock lk(mu_);
+  auto it = regs_.find(jid);  // not find(): a pulled final delivery made it gone
+  if (it == regs_.end()) return -ENOENT;
+  Rec* r = it->second.get();
+  if (r->retired || !r->q) return -ENOENT;
+  if (!r->final_seen && pull(*r->q, false) < 0) return -ENOENT;
+  if (!r->final_seen || !r->pending || r->retired) return -ENOENT;
+  ++r->pending;
+  r->value = value;
+  return 0;
 }
 
 void Core::set_doorbell(pid_t tid) {
@@ -1572,8 +1748,8 @@ void Core::run_async_here() {
   const bool doorbell = sig_tid_ == q.tid;
   if (!q.async && !doorbell) return;
   for (int i = 0; i < kDispatchBatch; ++i) {
-    // The kernel's protocol: drain until AEM_IOC_WAIT comes back short,
-    // which re-arms the doorbell.
+    // The kernel's protocol: drain until it is empty, which re-arms the
+    // doorbell (AEM_IOC_WAIT comes back short, or the ring's is stored).
     if (pull(q, false) < 0) break;
     if (!q.async || run_one(q, lk) < 0) {
       // Socket items left in the kernel for want of room: try again once
@@ -1639,6 +1815,7 @@ void atfork_child() {
     if (Core* c = slot.load()) {
       c->forked_.store(true);
       c->inflight_.store(0);  // their threads are the parent's
+      c->spinners_.store(0);
       c->mu_.unlock();
     }
   }
@@ -1683,6 +1860,8 @@ void Core::forget_parent() {
   groups_.clear();
   if (arena_ && k_running == 0) munmap(const_cast<uint8_t*>(arena_), arena_size_);
   arena_ = nullptr;
+  ring_ = nullptr;  // the parent's ring is not mapped here (VM_DONTCOPY)
+  ring_ents_ = nullptr;
   arena_size_ = 0;
   arena_refs_.clear();
   items_full_ = false;
@@ -1692,6 +1871,14 @@ void Core::rebuild_child() {
   forget_parent();
   fd_ = open(kDevice, O_RDWR | O_CLOEXEC);
   if (fd_ < 0) open_err_ = -errno;
+  std::string why;
+  int err = 0;
+  setup_ring(why, err);
+  if (err) {
+    open_err_ = err;
+    close(fd_);
+    fd_ = -1;
+  }
   for (auto& [id, rp] : regs_) {
     Rec& r = *rp;
     // The parent's deliveries are the parent's.
