@@ -40,6 +40,7 @@
 
 #include "common.hpp"
 #include "kmod_param.hpp"
+#include "thread_costs.hpp"
 
 using namespace stress;
 
@@ -79,8 +80,12 @@ struct Sink {
   }
 };
 Sink* g_sink = nullptr;
+// The handlers' own system calls (eventfd reads), counted apart from the
+// mechanism's: every peer's handler reads its eventfd the same way.
+std::atomic<uint64_t> g_handler_reads{0};
 
 bool drain_efd(int fd, uint64_t& v) {
+  g_handler_reads.fetch_add(1, std::memory_order_relaxed);
   return read(fd, &v, sizeof v) == sizeof v;
 }
 
@@ -316,6 +321,12 @@ struct Result {
   Dist lat;
   double events_per_s = 0, calls_per_s = 0;
   uint64_t tp_events = 0, tp_calls = 0;
+  // The throughput phase's costs (ThreadCosts): every thread of the
+  // process, the producer's only while it activates.
+  bool costs = false;
+  std::string costs_why;
+  ThreadCosts::Counts counts;
+  uint64_t app_syscalls = 0;  // the activations and the handlers' reads
 };
 
 Result run_mech(Mech& m, uint64_t lat_n, uint64_t tp_n) {
@@ -343,13 +354,21 @@ Result run_mech(Mech& m, uint64_t lat_n, uint64_t tp_n) {
   }
   std::vector<uint64_t> samples(sink.lat.begin() + 1000, sink.lat.end());
   r.lat = distribution(std::move(samples), true);
-  // Throughput.
+  // Throughput, with the system calls and context switches it costs.
   sink.latency = false;
   const uint64_t base = sink.got.load(), base_calls = sink.calls.load();
+  ThreadCosts costs;
+  r.costs = costs.start(r.costs_why);
+  const uint64_t reads0 = g_handler_reads.load();
   const uint64_t t0 = now_ns();
   for (uint64_t i = 0; i < tp_n; ++i) m.activate(1);
+  costs.freeze(static_cast<pid_t>(syscall(SYS_gettid)));
   sink.wait_got(base + tp_n);
   const double s = (now_ns() - t0) / 1e9;
+  if (r.costs) {
+    r.counts = costs.stop();
+    r.app_syscalls = tp_n + (g_handler_reads.load() - reads0);
+  }
   r.tp_events = sink.got.load() - base;
   r.tp_calls = sink.calls.load() - base_calls;
   r.events_per_s = r.tp_events / s;
@@ -686,6 +705,19 @@ int main(int argc, char** argv) {
       j.dist("latency_ns", r.lat);
       j.kv("throughput_events_per_s", r.events_per_s).kv("throughput_calls_per_s", r.calls_per_s)
           .kv("throughput_events", r.tp_events).kv("throughput_handler_calls", r.tp_calls);
+      j.key("costs").begin_obj().kv("available", r.costs);
+      if (!r.costs) {
+        j.kv("why", r.costs_why);
+      } else {
+        const double ev = static_cast<double>(std::max<uint64_t>(r.tp_events, 1));
+        const uint64_t own = std::min(r.app_syscalls, r.counts.syscalls);
+        j.kv("events", r.tp_events).kv("threads", r.counts.threads)
+            .kv("syscalls", r.counts.syscalls).kv("app_syscalls", r.app_syscalls)
+            .kv("delivery_syscalls_per_event", static_cast<double>(r.counts.syscalls - own) / ev)
+            .kv("app_syscalls_per_event", static_cast<double>(r.app_syscalls) / ev)
+            .kv("context_switches_per_event", static_cast<double>(r.counts.context_switches) / ev);
+      }
+      j.end_obj();
       if (epoll && epoll->available) {
         j.key("vs_epoll").begin_obj()
             .kv("throughput_ratio", r.events_per_s / epoll->events_per_s)

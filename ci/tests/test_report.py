@@ -28,7 +28,7 @@ from kcidb_io import schema as kcidb_schema
 from cglcert import default_repo_root, perf_targets
 from cglcert.report import kcidb, ktap, svg
 from cglcert.report.junit import SCHEMA_FILE
-from cglcert.report.model import load_report
+from cglcert.report.model import costs_not_counted, load_report, mechanism_latencies
 
 REPO = default_repo_root()
 EVIL = 'expected <b>3</b> & got "2" <script>alert(1)</script>\x07'
@@ -93,6 +93,13 @@ def _dist(n: int, p50: int, p99: int, hist: list[list[int]]) -> dict[str, Any]:
             "max": p99 + 2, "mean": p50 + 0.5, "hist_log2_ns": hist}
 
 
+# aem_bench_compare's perf-counted costs of one mechanism (throughput phase).
+COSTS = {"available": True, "events": 200000, "threads": 3, "syscalls": 412500,
+         "app_syscalls": 400000, "delivery_syscalls_per_event": 0.0625,
+         "app_syscalls_per_event": 2.0, "context_switches_per_event": 0.91234}
+NO_TRACEPOINT = "no raw_syscalls tracepoint: tracefs not mounted"
+
+
 def synthetic_stress() -> dict[str, Any]:
     prio = {"0": _dist(100, 8935, 23529, [[4096, 2], [8192, 40], [16384, 58]]),
             "63": _dist(300, 7973, 27162, [[4096, 10], [8192, 200], [16384, 90]])}
@@ -112,7 +119,21 @@ def synthetic_stress() -> dict[str, Any]:
              "output": {"program": "aem_bench_compare", "mechanisms": {
                  "epoll": {"available": True, "throughput_events_per_s": 1773680.0,
                            "vs_epoll": {"throughput_ratio": 1},
-                           "latency_ns": _dist(2000, 6270, 9668, [[2048, 34], [4096, 274]])},
+                           "latency_ns": _dist(2000, 6270, 9668, [[2048, 34], [4096, 274]]),
+                           "costs": COSTS},
+                 # An older stress.json: no "costs" at all.
+                 "poll": {"available": True, "throughput_events_per_s": 912000.0,
+                          "vs_epoll": {"throughput_ratio": 0.5142},
+                          "latency_ns": _dist(2000, 7100, 9900, [[2048, 20], [4096, 288]])},
+                 # Costs not counted: the same reason twice, shown once.
+                 "rtsig": {"available": True, "throughput_events_per_s": 650000.0,
+                           "vs_epoll": {"throughput_ratio": 0.3665},
+                           "latency_ns": _dist(2000, 8100, 12000, [[8192, 308]]),
+                           "costs": {"available": False, "why": NO_TRACEPOINT}},
+                 "select": {"available": True, "throughput_events_per_s": 600000.0,
+                            "vs_epoll": {"throughput_ratio": 0.3383},
+                            "latency_ns": _dist(2000, 8200, 12500, [[8192, 308]]),
+                            "costs": {"available": False, "why": NO_TRACEPOINT}},
                  "io_uring": {"available": False, "reason": "liburing missing"}},
                  "scaling": [
                      {"mechanism": "aem", "n": 10, "ok": True, "cost_per_event_ns": 2743.46},
@@ -368,6 +389,61 @@ def test_every_format_from_a_synthetic_run(run_dir, tmp_path, run_cli):
     th = by_path["cglcert.stress.AEM-3_3_1.cost_per_event_1e6_registrations"]
     assert th["status"] == "PASS" and th["number"] == {"value": 3267.36, "unit": "ns"}
     assert by_path["cglcert.stress.AEM-3_2_1.high_prio_latency_p99_loaded"]["status"] == "MISS"
+
+
+def test_mechanism_costs_beside_throughput(run_dir, tmp_path, run_cli):
+    """Costs counted (epoll), absent from an older stress.json (poll), not counted with a
+    reason (rtsig, select: one reason, shown once)."""
+    mechs = {m["name"]: m for m in mechanism_latencies(synthetic_stress())}
+    assert (mechs["epoll"]["delivery_syscalls"], mechs["epoll"]["app_syscalls"],
+            mechs["epoll"]["ctx_switches"], mechs["epoll"]["costs_why"]) == (0.0625, 2.0,
+                                                                           0.91234, None)
+    for name, why in (("poll", None), ("rtsig", NO_TRACEPOINT), ("select", NO_TRACEPOINT)):
+        m = mechs[name]
+        assert (m["delivery_syscalls"], m["app_syscalls"], m["ctx_switches"]) == (None,) * 3
+        assert m["costs_why"] == why, name
+    assert costs_not_counted(mechs.values()) == [(NO_TRACEPOINT, ["rtsig", "select"])]
+
+    out = tmp_path / "out"
+    assert run_cli("report", str(run_dir), "--out", str(out), "--format", "html,md").code == 0
+    md = (out / "report.md").read_text()
+    assert ("| Mechanism | events/s | x epoll | syscalls/event (delivery) | app syscalls/event "
+            "| ctx switches/event | n | p50 ns |") in md
+    assert "| epoll | 1773680 | 1 | 0.0625 | 2 | 0.9123 | 2000 | 6270 |" in md
+    assert "| poll | 912000 | 0.5142 |  |  |  | 2000 | 7100 |" in md
+    assert "| rtsig | 650000 | 0.3665 |  |  |  | 2000 | 8100 |" in md
+    assert "between activation and handler entry" in md and "no PMU needed" in md
+    assert f"Costs not counted for rtsig, select: {NO_TRACEPOINT}" in md
+    assert md.count(NO_TRACEPOINT) == 1
+
+    html = (out / "report.html").read_text()
+    empty = '<td class="num"></td>' * 3
+    assert ('<td>epoll</td><td class="num">1773680</td><td class="num">1</td>'
+            '<td class="num">0.0625</td><td class="num">2</td><td class="num">0.9123</td>'
+            '<td class="num">2000</td>') in html
+    assert f'<td>poll</td><td class="num">912000</td><td class="num">0.5142</td>{empty}' in html
+    assert f'<td>rtsig</td><td class="num">650000</td><td class="num">0.3665</td>{empty}' in html
+    assert '<td colspan="10" class="muted">unavailable: liburing missing</td>' in html
+    body = parse_html(html).text[0]
+    assert "syscalls/event (delivery)" in body and "ctx switches/event" in body
+    assert "between activation and handler entry" in body and "no PMU needed" in body
+    assert f"Costs not counted for rtsig, select: {NO_TRACEPOINT}" in body
+    assert body.count(NO_TRACEPOINT) == 1
+
+
+def test_mechanisms_without_any_costs_still_render(tmp_path, run_cli):
+    """A stress.json from before the costs were counted: blank cells, no reason."""
+    stress = synthetic_stress()
+    for m in stress["runs"][1]["output"]["mechanisms"].values():
+        m.pop("costs", None)
+    d = write_run(tmp_path, "run", synthetic_results(), stress)
+    out = tmp_path / "out"
+    assert run_cli("report", str(d), "--out", str(out), "--format", "html,md").code == 0
+    md = (out / "report.md").read_text()
+    assert "| epoll | 1773680 | 1 |  |  |  | 2000 | 6270 |" in md
+    assert "Costs not counted" not in md
+    body = parse_html((out / "report.html").read_text()).text[0]
+    assert "ctx switches/event" in body and "Costs not counted" not in body
 
 
 def test_without_stress_the_charts_section_says_so(tmp_path, run_cli):

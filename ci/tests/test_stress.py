@@ -11,7 +11,7 @@ import pytest
 
 from cglcert.catalog import Threshold, load_catalog
 from cglcert.commands.stress import (REQUIREMENTS, collect_metrics, evaluate,
-                                     evaluate_threshold)
+                                     evaluate_threshold, render_summary)
 
 
 def _catalog_reqs(repo: Path) -> list[Any]:
@@ -93,6 +93,40 @@ def test_collect_metrics_sums_runs() -> None:
     assert m["occurrences_activated"] == 15 and m["occurrences_delivered"] == 14
     assert m["occurrences_lost"] == 1 and m["handler_overlaps"] == 2
     assert m["cost_per_event_10_registrations"] == 3.0
+
+
+def _mech(throughput: float, ratio: float, p50: int, **extra: Any) -> dict[str, Any]:
+    return {"available": True, "throughput_events_per_s": throughput,
+            "vs_epoll": {"throughput_ratio": ratio},
+            "latency_ns": {"n": 2000, "p50": p50, "p99": p50 * 2, "p99_9": p50 * 3,
+                           "max": p50 * 4}, **extra}
+
+
+def test_summary_shows_mechanism_costs_when_counted() -> None:
+    why = "no raw_syscalls tracepoint: tracefs not mounted"
+    costs = {"available": True, "events": 200000, "threads": 3, "syscalls": 412500,
+             "app_syscalls": 400000, "delivery_syscalls_per_event": 0.0625,
+             "app_syscalls_per_event": 2.0, "context_switches_per_event": 0.91234}
+    mechs = {"epoll": _mech(1773680.0, 1, 6270, costs=costs),
+             "poll": _mech(912000.0, 0.5142, 7100),  # an older program: no "costs"
+             "rtsig": _mech(650000.0, 0.3665, 8100, costs={"available": False, "why": why}),
+             "select": _mech(600000.0, 0.3383, 8200, costs={"available": False, "why": why}),
+             "io_uring": {"available": False, "reason": "liburing missing"}}
+    report = {"profile": "smoke", "environment": {"backend": "user"}, "elapsed_s": 7.6,
+              "runs": [{"program": "aem_bench_compare", "argv": [], "exit_code": 0,
+                        "elapsed_s": 2.7,
+                        "output": {"program": "aem_bench_compare", "mechanisms": mechs}}],
+              "metrics": {}, "verdicts": {}, "targets": [],
+              "summary": {"lost": 0, "duplicated": 0, "handler_overlaps": 0}}
+    lines = {ln.split()[0]: ln for ln in render_summary(report, Path("stress.json")).splitlines()
+             if ln.strip()}
+    assert lines["epoll"].endswith(" 25080 delivery-syscalls/event=0.0625 "
+                                   "ctx-switches/event=0.9123")
+    for name in ("poll", "rtsig", "select"):
+        assert "/event=" not in lines[name], name
+    assert lines["poll"].endswith(" 28400")
+    assert lines["io_uring"].split() == ["io_uring", "unavailable"]
+    assert lines["costs"] == f"  costs not counted for rtsig, select: {why}"
 
 
 # --- one short real run ---------------------------------------------------------------------

@@ -378,6 +378,42 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _costs_text(costs: Any) -> str:
+    """' delivery-syscalls/event=D ctx-switches/event=C' from a mechanism's perf-counted
+    costs, when counted."""
+    if not isinstance(costs, dict) or not costs.get("available"):
+        return ""
+    out = ""
+    for label, key in (("delivery-syscalls/event", "delivery_syscalls_per_event"),
+                       ("ctx-switches/event", "context_switches_per_event")):
+        if costs.get(key) is not None:
+            out += f" {label}={_fmt(costs[key])}"
+    return out
+
+
+def _mechanism_lines(mechs: dict[str, Any]) -> list[str]:
+    """aem_bench_compare's mechanisms, one line each: throughput, latency and, when counted,
+    the delivery system calls and context switches per event; why they were not, once."""
+    lines = ["  mechanism            events/s   vs epoll   p50 ns   p99 ns  "
+             "p99.9 ns   max ns"]
+    not_counted: dict[str, list[str]] = {}
+    for name, m in mechs.items():
+        if not m.get("available"):
+            lines.append(f"  {name:18} unavailable")
+            continue
+        d = m["latency_ns"]
+        ratio = m.get("vs_epoll", {}).get("throughput_ratio")
+        costs = m.get("costs")
+        lines.append(f"  {name:18} {m['throughput_events_per_s']:10.4g} "
+                     f"{_fmt(ratio):>9} {d['p50']:8} {d['p99']:8} {d['p99_9']:9} "
+                     f"{d['max']:8}{_costs_text(costs)}")
+        if isinstance(costs, dict) and not costs.get("available"):
+            not_counted.setdefault(str(costs.get("why") or "not counted"), []).append(name)
+    lines += [f"  costs not counted for {', '.join(names)}: {why}"
+              for why, names in not_counted.items()]
+    return lines
+
+
 def render_summary(report: dict[str, Any], out_file: Path) -> str:
     """Human summary: runs, the peers' ratios, verdicts."""
     lines = [f"cglcert stress ({report['profile']}, backend "
@@ -397,17 +433,7 @@ def render_summary(report: dict[str, Any], out_file: Path) -> str:
     for r in report["runs"]:
         o = r.get("output") or {}
         if o.get("program") == "aem_bench_compare":
-            lines.append("  mechanism            events/s   vs epoll   p50 ns   p99 ns  "
-                         "p99.9 ns   max ns")
-            for name, m in o.get("mechanisms", {}).items():
-                if not m.get("available"):
-                    lines.append(f"  {name:18} unavailable")
-                    continue
-                d = m["latency_ns"]
-                ratio = m.get("vs_epoll", {}).get("throughput_ratio")
-                lines.append(f"  {name:18} {m['throughput_events_per_s']:10.4g} "
-                             f"{_fmt(ratio):>9} {d['p50']:8} {d['p99']:8} {d['p99_9']:9} "
-                             f"{d['max']:8}")
+            lines += _mechanism_lines(o.get("mechanisms", {}))
     lines.append("  metrics: " + ", ".join(f"{k}={_fmt(v)}" for k, v in
                                            sorted(report["metrics"].items())))
     for rid, v in report["verdicts"].items():

@@ -28,10 +28,12 @@ __all__ = [
     "CGL_VERSIONS",
     "Report",
     "Run",
+    "costs_not_counted",
     "delivery_counts",
     "latency_phases",
     "load_report",
     "load_run",
+    "mechanism_costs",
     "mechanism_latencies",
     "performance_targets",
     "scaling_series",
@@ -242,8 +244,36 @@ def latency_phases(stress: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     return phases
 
 
+def _per_event(costs: Mapping[str, Any], key: str) -> float | None:
+    v = costs.get(key)
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def mechanism_costs(m: Mapping[str, Any]) -> dict[str, Any]:
+    """A mechanism's ``costs`` (system calls and context switches per delivered event, counted
+    with perf over the throughput phase): every figure None when the run did not count them
+    (older stress.json: no ``costs``), ``costs_why`` saying why when it could not."""
+    c = m.get("costs")
+    c = c if isinstance(c, Mapping) else {}
+    ok = bool(c.get("available"))
+    return {"delivery_syscalls": _per_event(c, "delivery_syscalls_per_event") if ok else None,
+            "app_syscalls": _per_event(c, "app_syscalls_per_event") if ok else None,
+            "ctx_switches": _per_event(c, "context_switches_per_event") if ok else None,
+            "costs_why": None if ok or not c else str(c.get("why") or "not counted")}
+
+
+def costs_not_counted(mechs: Iterable[Mapping[str, Any]]) -> list[tuple[str, list[str]]]:
+    """(why, mechanisms) for every reason the costs of available mechanisms were not counted,
+    in order of first appearance: each reason once."""
+    by_why: dict[str, list[str]] = {}
+    for m in mechs:
+        if m.get("available") and m.get("costs_why"):
+            by_why.setdefault(m["costs_why"], []).append(m["name"])
+    return list(by_why.items())
+
+
 def mechanism_latencies(stress: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """aem_bench_compare: latency and throughput of every mechanism, side by side."""
+    """aem_bench_compare: latency, throughput and costs of every mechanism, side by side."""
     mechs = []
     for _argv, o in _outputs(stress, "aem_bench_compare"):
         for name, m in (o.get("mechanisms") or {}).items():
@@ -254,7 +284,7 @@ def mechanism_latencies(stress: Mapping[str, Any] | None) -> list[dict[str, Any]
             mechs.append({"name": name, "available": True,
                           "throughput": m.get("throughput_events_per_s"),
                           "vs_epoll": (m.get("vs_epoll") or {}).get("throughput_ratio"),
-                          **_dist(m.get("latency_ns") or {})})
+                          **mechanism_costs(m), **_dist(m.get("latency_ns") or {})})
     return mechs
 
 
