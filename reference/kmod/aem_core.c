@@ -218,6 +218,7 @@ static unsigned int aem_pop_batch(struct aem_ctx *ctx,
 	unsigned int n = 0, i;
 
 	spin_lock_irqsave(&ctx->lock, flags);
+	aem_overflow_refill(ctx);
 	while (n < max && aem_pop(ctx, &buf[n]))
 		n++;
 	if (!ctx->bitmap && list_empty(&ctx->recheck))
@@ -275,6 +276,15 @@ static unsigned int aem_copy_deliveries(struct aem_ctx *ctx, u8 __user *dst,
 
 static bool aem_has_pending(struct aem_ctx *ctx)
 {
+	unsigned long flags;
+
+	if (unlikely(!list_empty_careful(&ctx->overflow))) {
+		/* The ring was consumed: room under the pending limit? */
+		spin_lock_irqsave(&ctx->lock, flags);
+		aem_overflow_refill(ctx);
+		aem_boost_check(ctx);
+		spin_unlock_irqrestore(&ctx->lock, flags);
+	}
 	return READ_ONCE(ctx->bitmap) || !list_empty_careful(&ctx->recheck);
 }
 
@@ -513,7 +523,12 @@ static __poll_t aem_poll(struct file *file, poll_table *pt)
 		aem_run_recheck(ctx);
 		aem_ctx_unlock(ctx);
 	}
-	if (READ_ONCE(ctx->bitmap) || aem_ring_nonempty(ctx))
+	/*
+	 * With a ring, registrations deferred by the pending limit wait for
+	 * a REFILL once it is consumed: readable, so the consumer makes one.
+	 */
+	if (READ_ONCE(ctx->bitmap) || aem_ring_nonempty(ctx) ||
+	    !list_empty_careful(&ctx->overflow))
 		return EPOLLIN | EPOLLRDNORM;
 	return 0;
 }

@@ -232,7 +232,11 @@ struct aem_user {
  * @bitmap:      bit p set while ctx->level[p] is not empty (ctx->lock)
  * @level:       FIFO of pending nodes per priority (ctx->lock)
  * @overflow:    FIFO of nodes deferred by max_pending (ctx->lock)
- * @npending:    registrations on @level (ctx->lock)
+ * @npending:    registrations on @level (ctx->lock); with a ring, the
+ *               pending limit also counts the entries user space has not
+ *               consumed (aem_npending())
+ * @ring_popping: aem_ring_refill() is between a pop and the entry it
+ *               writes: that delivery counts as pending (ctx->lock)
  * @overload:    the context's own node for overload notifications
  * @overload_count: activations deferred since the last notification
  * @reap:        registrations whose final delivery was taken (ctx->lock)
@@ -298,6 +302,7 @@ struct aem_ctx {
 	struct list_head level[AEM_PRIO_LEVELS];
 	struct list_head overflow;
 	u32 npending;
+	bool ring_popping;
 	struct aem_pnode overload;
 	u64 overload_count;
 	struct list_head reap;
@@ -375,6 +380,7 @@ bool aem_pop(struct aem_ctx *ctx, struct aem_popped *p);
 void aem_unpop(struct aem_ctx *ctx, const struct aem_popped *p);
 void aem_after_pop(struct aem_ctx *ctx);
 void aem_pending_changed(struct aem_ctx *ctx);
+void aem_overflow_refill(struct aem_ctx *ctx);	/* ctx->lock held */
 void aem_boost_check(struct aem_ctx *ctx);
 void aem_unboost(struct aem_ctx *ctx);		/* boost_mutex or release */
 void aem_boost_fn(struct work_struct *work);
@@ -404,6 +410,7 @@ bool aem_ring_nonempty(struct aem_ctx *ctx);
 void aem_ring_unconsumed(struct aem_ring *ring, u32 ktail, s32 id,
 			 struct aem_ring_share *sh);
 u32 aem_ring_refill(struct aem_ctx *ctx, struct pid **held); /* ctx->lock */
+u32 aem_ring_unconsumed_entries(struct aem_ctx *ctx);	/* ctx->lock */
 void aem_ring_free(struct aem_ring *ring);
 int aem_ioc_ring_setup(struct aem_ctx *ctx, void __user *uarg);
 int aem_ring_mmap(struct aem_ctx *ctx, struct vm_area_struct *vma);

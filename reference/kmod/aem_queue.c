@@ -54,13 +54,28 @@ void aem_level_del(struct aem_ctx *ctx, struct aem_pnode *n)
 	n->q = AEM_Q_IDLE;
 }
 
-/* Move deferred registrations into the queue while under the limit. */
-static void aem_overflow_refill(struct aem_ctx *ctx)
+/*
+ * Deliveries pending at once, as the pending limit counts them: the queued
+ * registrations and, with a ring, the entries user space has not consumed
+ * (pending too: see aem_ring_unconsumed()), one being written included.
+ */
+static u32 aem_npending(struct aem_ctx *ctx)
+{
+	return ctx->npending + aem_ring_unconsumed_entries(ctx) +
+	       ctx->ring_popping;
+}
+
+/*
+ * Move deferred registrations into the queue while under the limit: on a
+ * pop, and with a ring on each refill (consuming the ring frees room
+ * without telling the kernel).
+ */
+void aem_overflow_refill(struct aem_ctx *ctx)
 {
 	struct aem_pnode *n;
 
 	while (!list_empty(&ctx->overflow) &&
-	       ctx->npending < READ_ONCE(aem_max_pending)) {
+	       aem_npending(ctx) < READ_ONCE(aem_max_pending)) {
 		n = list_first_entry(&ctx->overflow, struct aem_pnode, link);
 		list_del_init(&n->link);
 		aem_level_add(ctx, n, false);
@@ -71,7 +86,7 @@ static void aem_overflow_refill(struct aem_ctx *ctx)
 /* Queue @reg (which is idle); never fails: over the limit it waits. */
 void aem_enqueue(struct aem_ctx *ctx, struct aem_event *reg)
 {
-	if (ctx->npending >= READ_ONCE(aem_max_pending)) {
+	if (aem_npending(ctx) >= READ_ONCE(aem_max_pending)) {
 		list_add_tail(&reg->node.link, &ctx->overflow);
 		reg->node.q = AEM_Q_OVERFLOW;
 		reg->stats.overflows++;

@@ -34,6 +34,16 @@
 #include "aem_core.h"
 #include "aem_fault.h"
 
+/* Entries user space has not consumed; a hostile head counts as full. */
+u32 aem_ring_unconsumed_entries(struct aem_ctx *ctx)
+{
+	struct aem_ring *ring = ctx->ring;	/* set under ctx->lock */
+
+	if (!ring)
+		return 0;
+	return min(ring->ktail - READ_ONCE(ring->hdr->head), ring->entries);
+}
+
 bool aem_ring_nonempty(struct aem_ctx *ctx)
 {
 	/* Pairs with the store-release that published the ring. */
@@ -73,10 +83,17 @@ u32 aem_ring_refill(struct aem_ctx *ctx, struct pid **held)
 		bp = 0;
 	/* Pairs with the consumer's store-release of head. */
 	head = smp_load_acquire(&ring->hdr->head);
+	/* What the consumer took made room under the pending limit. */
+	aem_overflow_refill(ctx);
 	while (ring->ktail - head < ring->entries) {
+		bool popped;
+
 		if (!held && bp && (ctx->bitmap >> bp))
 			break;
-		if (!aem_pop(ctx, &p))
+		ctx->ring_popping = true;
+		popped = aem_pop(ctx, &p);
+		ctx->ring_popping = false;
+		if (!popped)
 			break;
 		old = held ? aem_boost_hold(ctx, &p.d) : NULL;
 		if (old)
@@ -90,7 +107,8 @@ u32 aem_ring_refill(struct aem_ctx *ctx, struct pid **held)
 		smp_store_release(&ring->hdr->tail, ring->ktail);
 	}
 	WRITE_ONCE(ring->hdr->backlog,
-		   ctx->bitmap || !list_empty(&ctx->recheck) ? 1 : 0);
+		   ctx->bitmap || !list_empty(&ctx->recheck) ||
+		   !list_empty(&ctx->overflow) ? 1 : 0);
 	return n;
 }
 

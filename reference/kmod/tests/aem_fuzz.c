@@ -2402,6 +2402,15 @@ static void act_ctl(struct thr *t, struct draw *d)
 		if (ci.place == PL_RO)
 			mprotect(SCR_RO(t), PG, PROT_READ);
 	}
+	if (op == AEM_CTL_SET_TIMEOUT && k.arg && g) {
+		/*
+		 * Before the call: its timer may fire and another thread may
+		 * take the -ETIMEDOUT before this one is back to record it.
+		 */
+		pthread_mutex_lock(&W.lock);
+		g->may_doom = true;
+		pthread_mutex_unlock(&W.lock);
+	}
 	if (op == AEM_CTL_STATS && single() && g) {
 		pthread_mutex_lock(&c->slock);
 		have_slock = true;

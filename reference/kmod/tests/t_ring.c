@@ -153,3 +153,50 @@ AEM_TEST(ring_unconsumed_entries_are_pending)
 	CHECK(lk == 0 && info.pending == 1, "LOOKUP: %d, pending %llu", lk,
 	      (unsigned long long)info.pending);
 }
+
+/*
+ * The pending limit (max_pending) counts the entries user space has not
+ * consumed, as STATS does: they are pending. Over it, a registration waits
+ * on the overflow list and the overload notification goes out; the REFILL
+ * after the consumer took the ring lets the deferred ones in. Before, a
+ * ring took every activation, whatever the limit: six registrations sat in
+ * a ring under a limit of four, with no notification.
+ */
+AEM_TEST(ring_counts_toward_pending_limit, .needs = AEM_NEED_PARAMS, .root = 1)
+{
+	const char *mp = "/sys/module/aem/parameters/max_pending";
+	char old[32] = "0";
+	struct aem_ring_hdr *hdr;
+	uint32_t tail1, tail2, overloads = 0, regs = 0, ids = 0, i;
+	int fd, id[6], n, got;
+
+	CHECK(aem_read_file(mp, old, sizeof(old)) == 0 && aem_write_file(mp, "4") == 0,
+	      "max_pending");
+	fd = aem_open();
+	CHECK(fd >= 0, "open");
+	hdr = ring_map(fd, 16);
+	CHECK(hdr, "ring");
+	for (n = 0; n < 6; n++) {
+		id[n] = aem_reg_soft(fd, 0);
+		CHECK(id[n] > 0, "register %d: %d", n, id[n]);
+		CHECK(aem_raise(fd, id[n], 1, n) == 0, "raise %d", n);
+	}
+	tail1 = __atomic_load_n(&hdr->tail, __ATOMIC_ACQUIRE);
+	for (i = 0; i < tail1; i++) {
+		overloads += ring_entry(hdr, i)->id == 0;
+		regs += ring_entry(hdr, i)->id > 0;
+	}
+	__atomic_store_n(&hdr->head, tail1, __ATOMIC_RELEASE);	/* consume */
+	got = refill(fd);
+	tail2 = __atomic_load_n(&hdr->tail, __ATOMIC_ACQUIRE);
+	for (i = tail1; i < tail2; i++)
+		ids += ring_entry(hdr, i)->id > 0;
+	__atomic_store_n(&hdr->head, tail2, __ATOMIC_RELEASE);
+	aem_write_file(mp, old);
+	close(fd);
+	CHECK(regs == 4 && overloads >= 1,
+	      "over a limit of 4: %u registrations' entries, %u overload notices", regs,
+	      overloads);
+	CHECK(got == 2 && tail2 == tail1 + 2 && ids == 2,
+	      "the REFILL after consuming moved %d (%u registrations)", got, ids);
+}
