@@ -8,6 +8,7 @@
 // mounts it at /sys/kernel/tracing when it may). The counting itself adds
 // at most 4 system calls per thread to the calling thread's count (the
 // resets after its counter started, the reads before it stopped).
+// Shared by libaem's tests and the stress harnesses (stress/).
 #pragma once
 
 #include <dirent.h>
@@ -24,7 +25,7 @@
 #include <string>
 #include <vector>
 
-namespace stress {
+namespace aemtest {
 
 class ThreadCosts {
  public:
@@ -39,9 +40,10 @@ class ThreadCosts {
   ThreadCosts& operator=(const ThreadCosts&) = delete;
   ~ThreadCosts() { close_all(); }
 
-  // Starts counting on every thread the process has now. Threads started
-  // later are not counted: start the mechanism's threads first.
-  bool start(std::string& why) {
+  // Starts counting on every thread the process has now (only the caller
+  // with @only_caller). Threads started later are not counted: start the
+  // mechanism's threads first.
+  bool start(std::string& why, bool only_caller = false) {
     close_all();
     const int tp = syscall_tracepoint(why);
     if (tp < 0) return false;
@@ -53,6 +55,7 @@ class ThreadCosts {
     while (dirent* e = readdir(d)) {
       if (e->d_name[0] == '.') continue;
       const pid_t tid = static_cast<pid_t>(std::strtol(e->d_name, nullptr, 10));
+      if (only_caller && tid != static_cast<pid_t>(syscall(SYS_gettid))) continue;
       Thread t;
       t.tid = tid;
       t.sys = open_counter(PERF_TYPE_TRACEPOINT, static_cast<uint64_t>(tp), tid);
@@ -149,4 +152,4 @@ class ThreadCosts {
   }
 };
 
-}  // namespace stress
+}  // namespace aemtest
