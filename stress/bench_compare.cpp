@@ -58,12 +58,18 @@ struct Sink {
   std::atomic<uint64_t> got{0};
   std::atomic<uint64_t> calls{0};
   std::atomic<uint32_t> seq{0};
+  // The harness's own system calls (futex wake and wait), counted apart
+  // from the mechanism's like the handlers' reads.
+  std::atomic<uint64_t> harness_calls{0};
   void on(uint64_t value, uint64_t occ) {
     if (latency) lat.push_back(now_ns() - value);
     calls.fetch_add(1, std::memory_order_relaxed);
     got.fetch_add(occ, std::memory_order_release);
     seq.fetch_add(1, std::memory_order_release);
-    if (latency) futex_wake(seq);
+    if (latency) {
+      harness_calls.fetch_add(1, std::memory_order_relaxed);
+      futex_wake(seq);
+    }
   }
   // eventfd: the value read is the timestamp (latency, one in flight) or
   // the number of writes of 1 merged (throughput).
@@ -77,6 +83,7 @@ struct Sink {
     for (;;) {
       uint32_t s = seq.load(std::memory_order_acquire);
       if (got.load(std::memory_order_acquire) >= target) return;
+      harness_calls.fetch_add(1, std::memory_order_relaxed);
       futex_wait(seq, s, latency ? 0 : 1000000ull);
     }
   }
@@ -329,7 +336,43 @@ struct Result {
   std::string costs_why;
   aemtest::ThreadCosts::Counts counts;
   uint64_t app_syscalls = 0;  // the activations and the handlers' reads
+  // The latency phase's: one event in flight, each delivered alone.
+  bool lat_costs = false;
+  std::string lat_costs_why;
+  aemtest::ThreadCosts::Counts lat_counts;
+  uint64_t lat_app_syscalls = 0, lat_events = 0;  // and the harness's futex calls
 };
+
+// True when clock_gettime() is a system call here (a guest whose clock
+// source the vDSO cannot read, as under QEMU's TCG): the latency phase's
+// timestamps (two per event) are then the harness's system calls.
+bool clock_is_syscall() {
+  aemtest::ThreadCosts c;
+  std::string why;
+  if (!c.start(why, true)) return false;
+  uint64_t sum = 0;
+  for (int i = 0; i < 100; ++i) sum += now_ns();
+  const bool slow = c.stop().syscalls >= 100;
+  return slow && sum;
+}
+
+// stress.json's "costs" of one phase (see Result).
+void costs_json(Json& j, const char* key, bool ok, const std::string& why,
+                const aemtest::ThreadCosts::Counts& c, uint64_t app, uint64_t events) {
+  j.key(key).begin_obj().kv("available", ok);
+  if (!ok) {
+    j.kv("why", why);
+  } else {
+    const double ev = static_cast<double>(std::max<uint64_t>(events, 1));
+    const uint64_t own = std::min(app, c.syscalls);
+    j.kv("events", events).kv("threads", c.threads).kv("syscalls", c.syscalls)
+        .kv("app_syscalls", app)
+        .kv("delivery_syscalls_per_event", static_cast<double>(c.syscalls - own) / ev)
+        .kv("app_syscalls_per_event", static_cast<double>(app) / ev)
+        .kv("context_switches_per_event", static_cast<double>(c.context_switches) / ev);
+  }
+  j.end_obj();
+}
 
 Result run_mech(Mech& m, uint64_t lat_n, uint64_t tp_n) {
   Result r;
@@ -347,12 +390,26 @@ Result run_mech(Mech& m, uint64_t lat_n, uint64_t tp_n) {
     return r;
   }
 #endif
-  // Latency: warm-up, then one event in flight.
+  // Latency: warm-up, then one event in flight, counted like throughput
+  // (the harness's futex calls are the application's).
   sink.latency = true;
   sink.lat.reserve(lat_n + 1000);
+  aemtest::ThreadCosts lat_costs;
+  uint64_t lat_app0 = 0;
   for (uint64_t i = 0; i < lat_n + 1000; ++i) {
+    if (i == 1000) {
+      r.lat_costs = lat_costs.start(r.lat_costs_why);
+      lat_app0 = g_handler_reads.load() + sink.harness_calls.load();
+    }
     m.activate(now_ns());
     sink.wait_got(i + 1);
+  }
+  if (r.lat_costs) {
+    r.lat_counts = lat_costs.stop();
+    r.lat_events = lat_n;
+    r.lat_app_syscalls = lat_n + g_handler_reads.load() + sink.harness_calls.load() - lat_app0;
+    static const bool clock_calls = clock_is_syscall();
+    if (clock_calls) r.lat_app_syscalls += 2 * lat_n;  // the activation's and the handler's
   }
   std::vector<uint64_t> samples(sink.lat.begin() + 1000, sink.lat.end());
   r.lat = distribution(std::move(samples), true);
@@ -707,19 +764,9 @@ int main(int argc, char** argv) {
       j.dist("latency_ns", r.lat);
       j.kv("throughput_events_per_s", r.events_per_s).kv("throughput_calls_per_s", r.calls_per_s)
           .kv("throughput_events", r.tp_events).kv("throughput_handler_calls", r.tp_calls);
-      j.key("costs").begin_obj().kv("available", r.costs);
-      if (!r.costs) {
-        j.kv("why", r.costs_why);
-      } else {
-        const double ev = static_cast<double>(std::max<uint64_t>(r.tp_events, 1));
-        const uint64_t own = std::min(r.app_syscalls, r.counts.syscalls);
-        j.kv("events", r.tp_events).kv("threads", r.counts.threads)
-            .kv("syscalls", r.counts.syscalls).kv("app_syscalls", r.app_syscalls)
-            .kv("delivery_syscalls_per_event", static_cast<double>(r.counts.syscalls - own) / ev)
-            .kv("app_syscalls_per_event", static_cast<double>(r.app_syscalls) / ev)
-            .kv("context_switches_per_event", static_cast<double>(r.counts.context_switches) / ev);
-      }
-      j.end_obj();
+      costs_json(j, "costs", r.costs, r.costs_why, r.counts, r.app_syscalls, r.tp_events);
+      costs_json(j, "latency_costs", r.lat_costs, r.lat_costs_why, r.lat_counts,
+                 r.lat_app_syscalls, r.lat_events);
       if (epoll && epoll->available) {
         j.key("vs_epoll").begin_obj()
             .kv("throughput_ratio", r.events_per_s / epoll->events_per_s)

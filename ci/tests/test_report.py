@@ -97,6 +97,10 @@ def _dist(n: int, p50: int, p99: int, hist: list[list[int]]) -> dict[str, Any]:
 COSTS = {"available": True, "events": 200000, "threads": 3, "syscalls": 412500,
          "app_syscalls": 400000, "delivery_syscalls_per_event": 0.0625,
          "app_syscalls_per_event": 2.0, "context_switches_per_event": 0.91234}
+# ... and of its latency phase (one event in flight).
+ONE_COSTS = {"available": True, "events": 2000, "threads": 3, "syscalls": 10004,
+             "app_syscalls": 8000, "delivery_syscalls_per_event": 1.002,
+             "app_syscalls_per_event": 4.0, "context_switches_per_event": 1.1}
 NO_TRACEPOINT = "no raw_syscalls tracepoint: tracefs not mounted"
 
 
@@ -120,7 +124,7 @@ def synthetic_stress() -> dict[str, Any]:
                  "epoll": {"available": True, "throughput_events_per_s": 1773680.0,
                            "vs_epoll": {"throughput_ratio": 1},
                            "latency_ns": _dist(2000, 6270, 9668, [[2048, 34], [4096, 274]]),
-                           "costs": COSTS},
+                           "costs": COSTS, "latency_costs": ONE_COSTS},
                  # An older stress.json: no "costs" at all.
                  "poll": {"available": True, "throughput_events_per_s": 912000.0,
                           "vs_epoll": {"throughput_ratio": 0.5142},
@@ -398,6 +402,8 @@ def test_mechanism_costs_beside_throughput(run_dir, tmp_path, run_cli):
     assert (mechs["epoll"]["delivery_syscalls"], mechs["epoll"]["app_syscalls"],
             mechs["epoll"]["ctx_switches"], mechs["epoll"]["costs_why"]) == (0.0625, 2.0,
                                                                            0.91234, None)
+    assert mechs["epoll"]["delivery_syscalls_one"] == 1.002
+    assert mechs["poll"]["delivery_syscalls_one"] is None
     for name, why in (("poll", None), ("rtsig", NO_TRACEPOINT), ("select", NO_TRACEPOINT)):
         m = mechs[name]
         assert (m["delivery_syscalls"], m["app_syscalls"], m["ctx_switches"]) == (None,) * 3
@@ -407,23 +413,23 @@ def test_mechanism_costs_beside_throughput(run_dir, tmp_path, run_cli):
     out = tmp_path / "out"
     assert run_cli("report", str(run_dir), "--out", str(out), "--format", "html,md").code == 0
     md = (out / "report.md").read_text()
-    assert ("| Mechanism | events/s | x epoll | syscalls/event (delivery) | app syscalls/event "
-            "| ctx switches/event | n | p50 ns |") in md
-    assert "| epoll | 1773680 | 1 | 0.0625 | 2 | 0.9123 | 2000 | 6270 |" in md
-    assert "| poll | 912000 | 0.5142 |  |  |  | 2000 | 7100 |" in md
-    assert "| rtsig | 650000 | 0.3665 |  |  |  | 2000 | 8100 |" in md
+    assert ("| Mechanism | events/s | x epoll | syscalls/event (delivery) | one in flight "
+            "| app syscalls/event | ctx switches/event | n | p50 ns |") in md
+    assert "| epoll | 1773680 | 1 | 0.0625 | 1.002 | 2 | 0.9123 | 2000 | 6270 |" in md
+    assert "| poll | 912000 | 0.5142 |  |  |  |  | 2000 | 7100 |" in md
+    assert "| rtsig | 650000 | 0.3665 |  |  |  |  | 2000 | 8100 |" in md
     assert "between activation and handler entry" in md and "no PMU needed" in md
     assert f"Costs not counted for rtsig, select: {NO_TRACEPOINT}" in md
     assert md.count(NO_TRACEPOINT) == 1
 
     html = (out / "report.html").read_text()
-    empty = '<td class="num"></td>' * 3
+    empty = '<td class="num"></td>' * 4
     assert ('<td>epoll</td><td class="num">1773680</td><td class="num">1</td>'
-            '<td class="num">0.0625</td><td class="num">2</td><td class="num">0.9123</td>'
-            '<td class="num">2000</td>') in html
+            '<td class="num">0.0625</td><td class="num">1.002</td><td class="num">2</td>'
+            '<td class="num">0.9123</td><td class="num">2000</td>') in html
     assert f'<td>poll</td><td class="num">912000</td><td class="num">0.5142</td>{empty}' in html
     assert f'<td>rtsig</td><td class="num">650000</td><td class="num">0.3665</td>{empty}' in html
-    assert '<td colspan="10" class="muted">unavailable: liburing missing</td>' in html
+    assert '<td colspan="11" class="muted">unavailable: liburing missing</td>' in html
     body = parse_html(html).text[0]
     assert "syscalls/event (delivery)" in body and "ctx switches/event" in body
     assert "between activation and handler entry" in body and "no PMU needed" in body
@@ -436,11 +442,12 @@ def test_mechanisms_without_any_costs_still_render(tmp_path, run_cli):
     stress = synthetic_stress()
     for m in stress["runs"][1]["output"]["mechanisms"].values():
         m.pop("costs", None)
+        m.pop("latency_costs", None)
     d = write_run(tmp_path, "run", synthetic_results(), stress)
     out = tmp_path / "out"
     assert run_cli("report", str(d), "--out", str(out), "--format", "html,md").code == 0
     md = (out / "report.md").read_text()
-    assert "| epoll | 1773680 | 1 |  |  |  | 2000 | 6270 |" in md
+    assert "| epoll | 1773680 | 1 |  |  |  |  | 2000 | 6270 |" in md
     assert "Costs not counted" not in md
     body = parse_html((out / "report.html").read_text()).text[0]
     assert "ctx switches/event" in body and "Costs not counted" not in body

@@ -251,12 +251,16 @@ def _per_event(costs: Mapping[str, Any], key: str) -> float | None:
 
 def mechanism_costs(m: Mapping[str, Any]) -> dict[str, Any]:
     """A mechanism's ``costs`` (system calls and context switches per delivered event, counted
-    with perf over the throughput phase): every figure None when the run did not count them
-    (older stress.json: no ``costs``), ``costs_why`` saying why when it could not."""
+    with perf over the throughput phase; ``delivery_syscalls_one`` over the latency phase, one
+    event in flight): every figure None when the run did not count them (older stress.json:
+    no ``costs``), ``costs_why`` saying why when it could not."""
     c = m.get("costs")
     c = c if isinstance(c, Mapping) else {}
     ok = bool(c.get("available"))
+    one = m.get("latency_costs")  # the latency phase: one event in flight
+    one = one if isinstance(one, Mapping) and one.get("available") else {}
     return {"delivery_syscalls": _per_event(c, "delivery_syscalls_per_event") if ok else None,
+            "delivery_syscalls_one": _per_event(one, "delivery_syscalls_per_event"),
             "app_syscalls": _per_event(c, "app_syscalls_per_event") if ok else None,
             "ctx_switches": _per_event(c, "context_switches_per_event") if ok else None,
             "costs_why": None if ok or not c else str(c.get("why") or "not counted")}
