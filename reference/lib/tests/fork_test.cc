@@ -1,6 +1,10 @@
 // Inheritance over fork() (AEM-3.6.4): registrations with AEM_INHERIT go on
 // in the child, the others are gone there (-ENOENT); the parent keeps all.
+#include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <thread>
 #include <vector>
@@ -188,6 +192,69 @@ TEST_F(Fork, AsyncDeliveryInAForkedChild) {
     return 0;
   });
   EXPECT_EQ(rc, 0);
+}
+
+// The RT signal whose SA_SIGINFO handler the library installed for its
+// doorbell (aem_set_async(1)); no test installs one. 0: none.
+int installed_doorbell() {
+  for (int s = SIGRTMAX; s >= SIGRTMIN; --s) {
+    struct sigaction sa {};
+    if (sigaction(s, nullptr, &sa) == 0 && (sa.sa_flags & SA_SIGINFO) && sa.sa_sigaction)
+      return s;
+  }
+  return 0;
+}
+
+// An async thread that forks while its doorbell keeps ringing: the doorbell
+// handler must not run between fork's prepare (which holds the library's
+// locks) and its parent handler. glibc delivers a signal that came during
+// the fork system call as soon as fork() unblocks signals, before the
+// parent handlers, and the handler would wait for a lock its own thread
+// holds. A doorbell comes at any moment (the kernel backend's from the
+// kernel, the user backend's from another thread's raise), so a thread
+// here sends the installed doorbell signal itself, paced, with raises,
+// while this one forks. Without the guard in the user backend's
+// atfork_prepare() this hung at once.
+TEST_F(Fork, AsyncThreadForksWhileItsDoorbellRings) {
+  AEM_REQ("AEM-3.6.4", "AEM-3.2.3");
+  ASSERT_GT(evsoft(0, soft_h), 0);  // the library is in use on this thread
+  ASSERT_EQ(aem_shutdown(), 0);
+  int rc = run_in_child(
+      [] {
+        static std::atomic<uint64_t> ran;
+        ran = 0;
+        int id = evsoft(0, [](int, uint64_t, uint64_t) { ran.fetch_add(1); });
+        CHILD_CHECK(id > 0);
+        CHILD_CHECK(aem_set_async(1) == 0);
+        const int bell_sig = installed_doorbell();
+        CHILD_CHECK(bell_sig > 0);
+        const pid_t me = tid();
+        std::atomic<bool> stop{false};
+        std::thread bell([&stop, id, me, bell_sig] {
+          while (!stop.load()) {
+            syscall(SYS_tgkill, getpid(), me, bell_sig);
+            evsoft_raise(id, 0);
+            usleep(50);
+          }
+        });
+        int forked = 0;
+        for (; forked < 1000; ++forked) {
+          const pid_t pid = fork();
+          if (pid == 0) _exit(0);
+          if (pid < 0) break;
+          int st;
+          while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+          }
+        }
+        stop = true;
+        bell.join();
+        CHILD_CHECK(forked == 1000);
+        CHILD_CHECK(ran.load() > 0);
+        return 0;
+      },
+      60000);
+  EXPECT_EQ(rc, 0) << "-1: the forking thread hung (its doorbell handler waited for a lock "
+                      "it held)";
 }
 
 }  // namespace

@@ -36,7 +36,9 @@
 //   thread leaves the library (Entry's destructor). cv_ (with mu_) wakes
 //   AEM_CTL_CLEAN callers waiting for a handler running in another thread.
 //   Fork: pthread_atfork's prepare takes every engine's mu_, so the child
-//   starts from a consistent state and rebuilds on its first call.
+//   starts from a consistent state and rebuilds on its first call; it
+//   raises t_depth first, so no doorbell delivery runs on the forking
+//   thread while it holds them.
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -1619,7 +1621,13 @@ void install_doorbell() {
 // their own kernel objects; the others are gone. Pending occurrences stay
 // with the parent, which delivers them.
 
+// The doorbell handler must not run on this thread while it holds the
+// engines' locks: glibc delivers a doorbell that came during the fork
+// system call as soon as fork() unblocks signals, before the parent
+// handler, and run_async_here() would wait for the mu_ this thread holds.
+// The depth defers it (the handler sees t_depth > 0) to atfork_parent().
 void atfork_prepare() {
+  ++t_depth;
   for (auto& slot : g_engines)
     if (Engine* e = slot.load()) e->mu_.lock();
 }
@@ -1627,6 +1635,7 @@ void atfork_prepare() {
 void atfork_parent() {
   for (auto& slot : g_engines)
     if (Engine* e = slot.load()) e->mu_.unlock();
+  if (--t_depth == 0 && t_deferred) run_deferred_async();
 }
 
 void atfork_child() {
@@ -1637,6 +1646,8 @@ void atfork_child() {
       e->mu_.unlock();
     }
   }
+  --t_depth;
+  t_deferred = 0;  // the parent's doorbell
 }
 
 void Engine::check_fork() {
