@@ -256,8 +256,9 @@ static struct aem_event *aem_reg_find(struct aem_ctx *ctx, int id)
 	if (id <= 0)
 		return NULL;
 	reg = xa_load(&ctx->regs, id);
-	if (!reg || !(reg->state & AEM_RS_LIVE) ||
-	    (READ_ONCE(reg->state) & AEM_RS_DOOMED))
+	/* LIVE is written under ctx->mutex (held); DOOMED may come any time. */
+	if (!reg || (READ_ONCE(reg->state) &
+		     (AEM_RS_LIVE | AEM_RS_DOOMED)) != AEM_RS_LIVE)
 		return NULL;
 	return reg;
 }
@@ -306,6 +307,7 @@ int aem_ioc_register(struct aem_ctx *ctx, void __user *uarg)
 	struct aem_family *fam;
 	struct aem_event *reg;
 	struct aem_reg kreg;
+	unsigned long flags;
 	int prio, ret;
 	u32 id;
 
@@ -387,7 +389,16 @@ int aem_ioc_register(struct aem_ctx *ctx, void __user *uarg)
 		goto out_free;
 	}
 	xa_store(&ctx->regs, id, reg, GFP_KERNEL);	/* slot exists */
+	/*
+	 * Under ctx->lock like every other writer of @state: the source is
+	 * hooked, and an activation on another CPU rewrites @state (the
+	 * merge bits, PARKED) under ctx->lock. A plain |= here raced with
+	 * it and could lose LIVE: a registration then no one can find or
+	 * clean (CLEAN said -ENOENT) until the context closes.
+	 */
+	spin_lock_irqsave(&ctx->lock, flags);
 	reg->state |= AEM_RS_LIVE;
+	spin_unlock_irqrestore(&ctx->lock, flags);
 	aem_ctx_unlock(ctx);
 	return id;
 
