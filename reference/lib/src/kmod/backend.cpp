@@ -430,6 +430,7 @@ class Core : public std::enable_shared_from_this<Core> {
   void reap(std::unique_lock<std::mutex>& lk);
   int pull(Queue& self, bool until_mine);
   int pull_ring(Queue& self);
+  bool room_for_pull(Queue& self);
   void setup_ring(std::string& why, int& err);
   bool route(const aem_delivery& d, Queue& self);
   // 1: a handler ran; 0: an entry was consumed without one; -1: empty.
@@ -755,6 +756,22 @@ void Core::reap(std::unique_lock<std::mutex>& lk) {
 // ---------------------------------------------------------------------------
 // Pull and route.
 
+// Before each batch of kPullMax: room for socket items. Outside the
+// doorbell handler it grows the records; inside it nothing may allocate,
+// so without room it leaves the deliveries in the kernel and says so (the
+// doorbell handler signals itself again, run_async_here()).
+bool Core::room_for_pull(Queue& self) {
+  if (!k_in_signal) {
+    for (Rec* r : sock_recs_)
+      if (r->items.room() < 2 * kPullMax) r->items.reserve(r->items.size() + kItemRoom);
+    return true;
+  }
+  if (sock_recs_.empty() || items_room()) return true;
+  items_full_ = true;
+  self.undrained = true;
+  return false;
+}
+
 // Pulls deliveries without waiting and routes them; with until_mine, stops
 // once something for self was pulled. Returns how many, or -errno.
 int Core::pull(Queue& self, bool until_mine) {
@@ -762,17 +779,7 @@ int Core::pull(Queue& self, bool until_mine) {
   if (ring_) return pull_ring(self);
   int total = 0;
   for (;;) {
-    if (!k_in_signal) {
-      // Room for what the doorbell handler may pull without allocating.
-      for (Rec* r : sock_recs_)
-        if (r->items.room() < 2 * kPullMax) r->items.reserve(r->items.size() + kItemRoom);
-    } else if (!sock_recs_.empty() && !items_room()) {
-      // No room for socket items without allocating: leave them in the
-      // kernel; the doorbell handler signals itself again (run_async_here).
-      items_full_ = true;
-      self.undrained = true;
-      return total;
-    }
+    if (!room_for_pull(self)) return total;
     aem_delivery buf[kPullMax];
     aem_wait w{};
     w.size = sizeof w;
@@ -798,14 +805,7 @@ int Core::pull_ring(Queue& self) {
   bool refilled = false;
   uint32_t head = ring_->head;  // only this library writes it, under mu_
   for (;;) {
-    if (!k_in_signal) {
-      for (Rec* r : sock_recs_)
-        if (r->items.room() < 2 * kPullMax) r->items.reserve(r->items.size() + kItemRoom);
-    } else if (!sock_recs_.empty() && !items_room()) {
-      items_full_ = true;  // as in pull(): the doorbell handler comes back
-      self.undrained = true;
-      return total;
-    }
+    if (!room_for_pull(self)) return total;
     // Pairs with the kernel's store-release of tail: the entries before
     // it are written.
     const uint32_t tail = __atomic_load_n(&ring_->tail, __ATOMIC_ACQUIRE);
