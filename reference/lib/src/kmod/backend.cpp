@@ -438,6 +438,7 @@ class Core : public std::enable_shared_from_this<Core> {
   int run_error(Queue& q, int jid, int err, Rec* r, std::unique_lock<std::mutex>& lk);
   int wait(Queue& q, std::unique_lock<std::mutex>& lk, int timeout_ms);
   bool spin(Queue& q, std::unique_lock<std::mutex>& lk);
+  bool interrupt(Queue& q);
   int kreg(Rec& r, uint32_t kflags, int64_t value_ns, uint64_t user_data = 0);
   int kctl(const Rec& r, unsigned op, uint64_t arg);
   void set_doorbell(pid_t tid);
@@ -572,9 +573,7 @@ int Core::shutdown() {
   uint64_t one = 1;
   if (worker_ && wq_ && write(wq_->wakefd, &one, sizeof one) < 0) {
   }
-  for (auto& [t, q] : queues_)  // threads waiting in aem_dispatch() return
-    if (q->waiting && write(q->wakefd, &one, sizeof one) < 0) {
-    }
+  for (auto& [t, q] : queues_) interrupt(*q);  // threads in aem_dispatch() return
   lk.unlock();
   if (worker_) {
     if (worker_->get_id() == std::this_thread::get_id())
@@ -634,15 +633,25 @@ Queue& Core::worker_queue() {
   return *wq_;
 }
 
-void Core::wake(Queue& q) {
-  if (q.tid == self_tid()) return;  // this thread serves it right now
+// Ends q's wait: a thread asleep in wait() through its eventfd, one still
+// watching the ring (spin()) through poked. mu_ held: a thread between the
+// two holds mu_ too, and sees the change itself. False: q does not wait.
+bool Core::interrupt(Queue& q) {
   if (q.waiting) {
     uint64_t one = 1;
     if (write(q.wakefd, &one, sizeof one) < 0) {
     }
-  } else if (q.spinning.load(std::memory_order_relaxed)) {
-    q.poked.store(true, std::memory_order_release);
-  } else if (q.async && !q.busy && q.tid > 0 && !q.bell.exchange(true)) {
+    return true;
+  }
+  if (!q.spinning.load(std::memory_order_relaxed)) return false;
+  q.poked.store(true, std::memory_order_release);
+  return true;
+}
+
+void Core::wake(Queue& q) {
+  if (q.tid == self_tid()) return;  // this thread serves it right now
+  if (interrupt(q)) return;
+  if (q.async && !q.busy && q.tid > 0 && !q.bell.exchange(true)) {
     tgkill(getpid(), q.tid, doorbell_signal());
   }
 }
@@ -1243,10 +1252,7 @@ void Core::stop() {
   Entry entry;
   std::lock_guard lk(mu_);
   stop_requested_ = true;
-  uint64_t one = 1;
-  for (auto& [t, q] : queues_)
-    if (q->waiting && write(q->wakefd, &one, sizeof one) < 0) {
-    }
+  for (auto& [t, q] : queues_) interrupt(*q);
 }
 
 void Core::worker_loop() {
