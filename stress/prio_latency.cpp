@@ -19,10 +19,11 @@
 // worker (AEM_EXEC_THREAD): one execution context. The handler records
 // now - value per priority. Each phase starts a fresh AEM context
 // (aem_shutdown) so the policy is read again.
+//
+// Every loaded phase proves its load ran: stress-ng's bogo-ops and wall
+// time (load.hpp), or the busy loops' iteration count. A phase whose load
+// did not run makes the program exit 3 (no verdict) after its JSON.
 #include <aem.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
 
 #include <array>
 #include <map>
@@ -31,8 +32,8 @@
 
 #include "common.hpp"
 #include "kmod_param.hpp"
+#include "load.hpp"
 
-extern char** environ;
 using namespace stress;
 
 namespace {
@@ -91,6 +92,11 @@ struct PhaseResult {
   std::map<int, Dist> by_prio;
   uint64_t flood_handled = 0;
   uint64_t missing = 0;
+  bool hogs = false;
+  bool load_ran = true;  // the phase has no load, or its load proved it ran
+  std::string load_kind;
+  LoadProof proof;          // stress-ng's, when it ran the hogs
+  uint64_t busy_loops = 0;  // the busy threads', when they did
 };
 
 PhaseResult run_phase(const std::string& name, bool enforce, bool hogs, bool flood, int n,
@@ -122,26 +128,28 @@ PhaseResult run_phase(const std::string& name, bool enforce, bool hogs, bool flo
   for (auto& [j, p] : pd.prio_of) jid_of[p] = j;
   std::vector<int> flood_ids;
   if (flood)
-    for (int p = 0; p < 8; ++p) flood_ids.push_back(evsoft(AEM_EXEC_THREAD | AEM_PRIO(p * 2), on_flood));
+    for (int p = 0; p < 8; ++p)
+      flood_ids.push_back(evsoft(AEM_EXEC_THREAD | AEM_PRIO(p * 2), on_flood));
 
   std::atomic<bool> stop{false};
   std::vector<std::thread> load;
-  pid_t sng = -1;
+  std::atomic<uint64_t> busy_loops{0};
+  StressNg sng;
+  res.hogs = hogs;
   if (hogs) {
-    if (use_stress_ng) {
-      std::string c = std::to_string(ncpus());
-      const char* argv[] = {"stress-ng", "--cpu", c.c_str(), "--timeout", "600s", "--quiet",
-                            nullptr};
-      if (posix_spawnp(&sng, "stress-ng", nullptr, nullptr, const_cast<char**>(argv), environ))
-        sng = -1;
-    }
-    if (sng <= 0)
+    res.load_kind = "stress-ng --cpu";
+    if (!use_stress_ng || !sng.start({"--cpu", std::to_string(ncpus())}, 600)) {
+      res.load_kind = use_stress_ng
+                          ? "busy threads (stress-ng did not start: " + sng.stop().why + ")"
+                          : "busy threads";
       for (int c = 0; c < ncpus(); ++c)
         load.emplace_back([&, c] {
           pin_to_cpu(c);
           volatile uint64_t x = 0;
           while (!stop.load(std::memory_order_relaxed)) x = x + 1;
+          busy_loops.fetch_add(x);
         });
+    }
     sleep_ns(50000000);  // let the load settle
   }
   g_flood_handled = 0;
@@ -171,9 +179,12 @@ PhaseResult run_phase(const std::string& name, bool enforce, bool hogs, bool flo
   res.missing = all ? 0 : static_cast<uint64_t>(n + warm) - pd.handled.get();
   stop.store(true);
   for (auto& t : load) t.join();
-  if (sng > 0) {
-    kill(sng, SIGTERM);
-    waitpid(sng, nullptr, 0);
+  if (sng.running()) {
+    res.proof = sng.stop();
+    res.load_ran = res.proof.ran;
+  } else if (hogs) {
+    res.busy_loops = busy_loops.load();
+    res.load_ran = res.busy_loops > 0;
   }
   res.flood_handled = g_flood_handled.load();
   aem_shutdown();  // the worker is idle: the samples are stable now
@@ -223,9 +234,14 @@ int main(int argc, char** argv) {
   };
   Json j;
   j.begin_obj().kv("program", "aem_prio_latency").kv("backend", backend);
-  j.key("config").begin_obj().kv("samples_per_phase", n).kv("period_us", period_ns / 1000.0)
-      .kv("flood_handler_us", g_flood_handler_ns / 1000.0).kv("cpus", ncpus())
-      .kv("hogs", use_sng ? "stress-ng --cpu" : "busy threads, nice 0, one per CPU")
+  j.key("config")
+      .begin_obj()
+      .kv("samples_per_phase", n)
+      .kv("period_us", period_ns / 1000.0)
+      .kv("flood_handler_us", g_flood_handler_ns / 1000.0)
+      .kv("cpus", ncpus())
+      .kv("hogs", use_sng ? "stress-ng --cpu (busy threads if it cannot start)"
+                          : "busy threads, nice 0, one per CPU")
       .kv("boost_ceiling_enforced", default_ceiling);
   if (g_kmod) {
     // Whether the phases could set aem.ko's boost policy; if not, every
@@ -237,10 +253,22 @@ int main(int argc, char** argv) {
   j.end_obj();
   j.key("phases").begin_arr();
   uint64_t missing = 0;
+  std::string no_load;
   for (auto& r : phases) {
     missing += r.missing;
-    j.begin_obj().kv("name", r.name).kv("enforcement", r.enforcement)
-        .kv("flood_handled", r.flood_handled).kv("missing", r.missing);
+    j.begin_obj()
+        .kv("name", r.name)
+        .kv("enforcement", r.enforcement)
+        .kv("flood_handled", r.flood_handled)
+        .kv("missing", r.missing);
+    if (r.hogs) {
+      j.kv("load_kind", r.load_kind).kv("load_ran", r.load_ran);
+      if (r.proof.started)
+        r.proof.to_json(j, "load");
+      else
+        j.kv("busy_loops", r.busy_loops);
+    }
+    if (!r.load_ran) no_load += " " + r.name + (r.proof.why.empty() ? "" : ": " + r.proof.why);
     j.key("latency_ns_by_priority").begin_obj();
     for (auto& [p, d] : r.by_prio) j.dist(std::to_string(p), d);
     j.end_obj().end_obj();
@@ -259,5 +287,10 @@ int main(int argc, char** argv) {
   j.kv("missing", missing).kv("elapsed_s", (now_ns() - t0) / 1e9).end_obj();
   printf("%s\n", j.s.c_str());
   fflush(stdout);
+  if (!no_load.empty()) {
+    fprintf(stderr, "aem_prio_latency: the load did not run in phase%s: no verdict\n",
+            no_load.c_str());
+    return 3;
+  }
   return missing ? 1 : 0;
 }

@@ -12,8 +12,24 @@
 //   socket   bytes written into loopback TCP connections (sockasync_read)
 //            plus one EOF per connection.
 //   evfd     eventfd writes of 1 (evfd, AEM_EDGE); the handler drains.
-// Delivered occurrences must equal activations exactly. Prints one JSON
-// object on stdout; progress on stderr at every checkpoint.
+// Delivered occurrences must equal activations exactly.
+//
+// Late is not lost. After the run the harness drains while deliveries
+// progress: it stops when every family caught up, when no handler ran for
+// --stall-s, or at a cap scaled to the backlog (--drain-s sets a fixed
+// cap instead). Then it reads AEM_CTL_STATS of every registration, and for
+// each one reports raised, activations, delivered and pending (for
+// eventfds, the count still in the eventfd; for sockets, the bytes still
+// queued): lost = raised - delivered - pending. A lost occurrence fails,
+// and so does one still pending at the end ("not delivered"), each with
+// its figures. A sampler records every registration's raised and delivered
+// counts each --sample-ms; from them follow the longest time an occurrence
+// of each priority waited (to within one sample) and the time to drain.
+//
+// --stress-ng runs stress-ng during the run and proves it ran (load.hpp);
+// if it did not, the harness exits 3: a phase whose load did not run has
+// no verdict. Prints one JSON object on stdout; progress on stderr at every
+// checkpoint.
 #include <aem.h>
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -23,9 +39,12 @@
 #include <signal.h>
 #include <spawn.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 
+#include <fstream>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -33,16 +52,23 @@
 #include <unordered_map>
 
 #include "common.hpp"
+#include "load.hpp"
 
-extern char** environ;
 using namespace stress;
 
 namespace {
 
+// One sampler reading of a registration: raised (written) and delivered.
+struct Sample {
+  uint64_t t_ns, raised, delivered;
+};
+
 struct SoftReg {
   int jid = 0;
+  int prio = AEM_PRIO_DEFAULT;
   bool same = false;
   bool per_occ = false;
+  std::vector<Sample> samples;
   std::atomic<uint64_t> raised{0};
   std::atomic<uint64_t> delivered{0};
   std::atomic<uint64_t> calls{0};
@@ -62,6 +88,7 @@ struct SockReg {
 };
 struct FdReg {
   int jid = 0, efd = -1;
+  std::vector<Sample> samples;
   std::atomic<uint64_t> written{0};
   std::atomic<uint64_t> drained{0};
   std::atomic<uint64_t> calls{0};
@@ -75,6 +102,17 @@ std::mutex g_map_mu;
 std::unordered_map<int, void*> g_by_jid;  // filled before the activations start
 std::atomic<uint64_t> g_errors{0}, g_overflow{0}, g_unknown{0};
 Counter g_progress;  // bumped by every handler: the end waits sleep on it
+// Soft, eventfd and socket handlers running now, and how many have ended:
+// the final accounting reads its counts while neither moves.
+std::atomic<int> g_inflight{0};
+std::atomic<uint64_t> g_ended{0};
+struct InHandler {
+  InHandler() { g_inflight.fetch_add(1); }
+  ~InHandler() {
+    g_ended.fetch_add(1);
+    g_inflight.fetch_sub(1);
+  }
+};
 
 template <class T>
 T* lookup(int jid) {
@@ -84,6 +122,7 @@ T* lookup(int jid) {
 }
 
 void on_soft(int jid, uint64_t, uint64_t occ) {
+  InHandler in;
   auto* r = lookup<SoftReg>(jid);
   if (!r) {
     g_unknown.fetch_add(1);
@@ -104,6 +143,7 @@ void on_timer(int jid, uint64_t exp) {
   g_progress.add(0);
 }
 void on_read(int jid, int, const void*, size_t len) {
+  InHandler in;
   auto* r = lookup<SockReg>(jid);
   if (!r) {
     g_unknown.fetch_add(1);
@@ -117,6 +157,7 @@ void on_read(int jid, int, const void*, size_t len) {
   g_progress.add(0);
 }
 void on_fd(int jid, int fd, unsigned) {
+  InHandler in;
   auto* r = lookup<FdReg>(jid);
   if (!r) {
     g_unknown.fetch_add(1);
@@ -156,19 +197,43 @@ void tcp_pair(int& a, int& b) {
   }
 }
 
-pid_t spawn_stress_ng(int cpus, double seconds) {
-  std::string c = std::to_string(cpus), t = std::to_string(static_cast<int>(seconds) + 2) + "s";
-  const char* argv[] = {"stress-ng", "--cpu", c.c_str(), "--vm", "1", "--vm-bytes", "128M",
-                        "--timeout", t.c_str(), "--quiet", nullptr};
-  pid_t pid = -1;
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
-  if (posix_spawnp(&pid, "stress-ng", &fa, nullptr, const_cast<char**>(argv), environ) != 0)
-    pid = -1;
-  posix_spawn_file_actions_destroy(&fa);
-  return pid;
+// The count an eventfd holds, read without consuming it.
+uint64_t eventfd_count(int efd) {
+  std::ifstream f("/proc/self/fdinfo/" + std::to_string(efd));
+  std::string line;
+  while (std::getline(f, line))
+    if (line.rfind("eventfd-count:", 0) == 0) return std::stoull(line.substr(14), nullptr, 16);
+  return 0;
 }
+
+// Bytes queued in a socket that no one has read yet.
+uint64_t socket_inq(int fd) {
+  int n = 0;
+  return ioctl(fd, FIONREAD, &n) == 0 && n > 0 ? static_cast<uint64_t>(n) : 0;
+}
+
+// The longest an occurrence waited, to within one sampling interval: for
+// each sample, the time until a later sample shows everything raised by
+// then delivered (to the end of the samples when it never was).
+uint64_t longest_wait_ns(const std::vector<Sample>& v) {
+  uint64_t worst = 0;
+  size_t j = 0;
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (v[i].delivered >= v[i].raised) continue;
+    j = std::max(j, i);
+    while (j < v.size() && v[j].delivered < v[i].raised) ++j;
+    const uint64_t until = j < v.size() ? v[j].t_ns : v.back().t_ns;
+    worst = std::max(worst, until - v[i].t_ns);
+  }
+  return worst;
+}
+
+// One registration's accounting at the end.
+struct Account {
+  const char* family;
+  int jid, prio;
+  uint64_t raised, activations, delivered, handler_calls, pending, lost, duplicated;
+};
 
 }  // namespace
 
@@ -204,8 +269,8 @@ int main(int argc, char** argv) {
   std::thread dispatcher([&] {
     for (auto& r : g_soft) {
       if (!r->same) continue;
-      unsigned long fl = AEM_EXEC_SAME | AEM_PRIO(AEM_PRIO_DEFAULT) |
-                         (r->per_occ ? AEM_PER_OCCURRENCE : 0);
+      unsigned long fl =
+          AEM_EXEC_SAME | AEM_PRIO(AEM_PRIO_DEFAULT) | (r->per_occ ? AEM_PER_OCCURRENCE : 0);
       r->jid = evsoft(fl, on_soft);
       if (r->jid <= 0) {
         fprintf(stderr, "evsoft SAME: %s\n", strerror(-r->jid));
@@ -224,8 +289,9 @@ int main(int argc, char** argv) {
     auto& r = g_soft[i];
     if (r->same) continue;
     int prio = AEM_PRIO_MIN + static_cast<int>(i * 7 % AEM_PRIO_LEVELS);
-    r->jid = evsoft(AEM_EXEC_THREAD | AEM_PRIO(prio) | (r->per_occ ? AEM_PER_OCCURRENCE : 0),
-                    on_soft);
+    r->prio = prio;
+    r->jid =
+        evsoft(AEM_EXEC_THREAD | AEM_PRIO(prio) | (r->per_occ ? AEM_PER_OCCURRENCE : 0), on_soft);
     if (r->jid <= 0) {
       fprintf(stderr, "evsoft: %s\n", strerror(-r->jid));
       return 3;
@@ -279,7 +345,25 @@ int main(int argc, char** argv) {
     g_fds.push_back(std::move(r));
   }
 
-  pid_t load_pid = load ? spawn_stress_ng(ncpus(), duration) : -1;
+  StressNg sng;
+  if (load && !sng.start({"--cpu", std::to_string(ncpus()), "--vm", "1", "--vm-bytes", "128M"},
+                         duration + 60)) {
+    fprintf(stderr, "aem_stress_delivery: the load did not start: %s\n", sng.stop().why.c_str());
+    return 3;
+  }
+
+  // The sampler: every registration's raised and delivered counts, from
+  // the start of the run to the end of the drain.
+  const uint64_t sample_ns = static_cast<uint64_t>(a.num("--sample-ms", 10) * 1e6);
+  Flag sampler_stop;
+  std::thread sampler([&] {
+    for (uint64_t t = now_ns();; t += sample_ns) {
+      for (auto& r : g_soft) r->samples.push_back({t, r->raised.load(), r->delivered.load()});
+      for (auto& r : g_fds) r->samples.push_back({t, r->written.load(), r->drained.load()});
+      if (sampler_stop.is_set()) break;
+      sleep_until_ns(t + sample_ns);
+    }
+  });
 
   // Producers.
   std::atomic<bool> stop{false};
@@ -338,20 +422,24 @@ int main(int argc, char** argv) {
     uint64_t act, del;
     totals(act, del);
     double el = (now_ns() - t_run) / 1e9;
-    cps.begin_obj().kv("t_s", el).kv("activated", act).kv("delivered", del)
-        .kv("in_flight", act >= del ? act - del : 0).kv("errors", g_errors.load()).end_obj();
+    cps.begin_obj()
+        .kv("t_s", el)
+        .kv("activated", act)
+        .kv("delivered", del)
+        .kv("in_flight", act >= del ? act - del : 0)
+        .kv("errors", g_errors.load())
+        .end_obj();
     fprintf(stderr, "aem_stress_delivery: t=%.1fs activated=%llu delivered=%llu\n", el,
             (unsigned long long)act, (unsigned long long)del);
   }
   sleep_until_ns(t_end);
   stop.store(true);
   for (auto& t : threads) t.join();
+  LoadProof proof;
+  if (load) proof = sng.stop();
 
-  // Drain: wait (bounded) until every family has caught up.
-  auto expected_timer = [](const TimerReg& r, uint64_t at) -> uint64_t {
-    return at < r.first_ns ? 0 : (at - r.first_ns) / r.period_ns + 1;
-  };
-  const uint64_t deadline = now_ns() + 20000000000ull;
+  // Drain while deliveries progress. The cap scales with the backlog at
+  // the stop and the rate the run delivered at; --drain-s fixes it.
   auto caught_up = [&] {
     for (auto& r : g_soft)
       if (r->delivered.load() < r->raised.load()) return false;
@@ -361,19 +449,106 @@ int main(int argc, char** argv) {
       if (r->received.load() < r->written.load() || r->eofs.load() < 1) return false;
     return true;
   };
-  while (!caught_up() && now_ns() < deadline) {
+  const uint64_t t_stop = now_ns();
+  uint64_t stop_act, stop_del;
+  totals(stop_act, stop_del);
+  const uint64_t backlog = stop_act > stop_del ? stop_act - stop_del : 0;
+  const double rate = stop_del / std::max(1e-3, (t_stop - t_run) / 1e9);
+  const double fixed_cap = a.num("--drain-s", -1);
+  const double stall_s = a.num("--stall-s", 10);
+  const double cap_s =
+      fixed_cap >= 0 ? fixed_cap : std::min(900.0, 20.0 + 3.0 * backlog / std::max(rate, 1.0));
+  const uint64_t cap_at = t_stop + static_cast<uint64_t>(cap_s * 1e9);
+  const char* drain_end = "caught_up";
+  uint64_t last_progress = now_ns();
+  uint64_t last_ended = g_ended.load();
+  while (!caught_up()) {
+    const uint64_t now = now_ns();
+    if (g_ended.load() != last_ended) last_ended = g_ended.load(), last_progress = now;
+    if (now >= cap_at) {
+      drain_end = "cap";
+      break;
+    }
+    if (fixed_cap < 0 && now - last_progress >= static_cast<uint64_t>(stall_s * 1e9)) {
+      drain_end = "stalled";
+      break;
+    }
     uint32_t s = g_progress.seq.load();
     if (caught_up()) break;
-    futex_wait(g_progress.seq, s, 20000000ull);
+    futex_wait(g_progress.seq, s, std::min<uint64_t>(20000000ull, cap_at - now));
   }
+  const double drain_s = (now_ns() - t_stop) / 1e9;
   // A short grace period shows duplicates that would arrive late.
   sleep_ns(50000000ull);
+
+  // The accounting of every soft, eventfd and socket registration, read
+  // while no handler runs or ends, so that a handler between its read and
+  // its count cannot show up as lost (tried a few times while the drain
+  // stopped short and handlers still run).
+  std::vector<Account> accts;
+  bool consistent = false;
+  for (int attempt = 0; attempt < 50 && !consistent; ++attempt) {
+    if (attempt) sleep_ns(2000000ull);
+    accts.clear();
+    const uint64_t ended = g_ended.load();
+    const bool idle = g_inflight.load() == 0;
+    auto stats = [](int jid) {
+      aem_event_stats st{};
+      if (evctl(jid, AEM_CTL_STATS, reinterpret_cast<unsigned long>(&st)) != 0)
+        st.pending = 0, st.activations = 0, st.deliveries = 0;
+      return st;
+    };
+    for (auto& r : g_soft) {
+      const aem_event_stats st = stats(r->jid);
+      Account ac{"soft",
+                 r->jid,
+                 r->prio,
+                 r->raised.load(),
+                 st.activations,
+                 r->delivered.load(),
+                 r->calls.load(),
+                 st.pending,
+                 0,
+                 0};
+      accts.push_back(ac);
+    }
+    for (auto& r : g_fds) {
+      const aem_event_stats st = stats(r->jid);
+      // The writes not drained yet are in the eventfd; they are pending
+      // if an activation is, else nothing will ever deliver them.
+      const uint64_t in_fd = eventfd_count(r->efd);
+      accts.push_back({"evfd_edge", r->jid, AEM_PRIO_DEFAULT, r->written.load(), st.activations,
+                       r->drained.load(), r->calls.load(), st.pending ? in_fd : 0, 0, 0});
+    }
+    for (auto& r : g_socks) {
+      const aem_event_stats st = stats(r->jid);
+      // Bytes in the socket, or read into chunks not delivered yet.
+      const uint64_t written = r->written.load(), received = r->received.load();
+      const bool queued = st.pending || socket_inq(r->rfd) || r->eofs.load() == 0;
+      accts.push_back({"socket_bytes", r->jid, AEM_PRIO_DEFAULT, written, st.activations, received,
+                       r->calls.load(), queued && written > received ? written - received : 0, 0,
+                       0});
+    }
+    consistent = idle && !g_inflight.load() && g_ended.load() == ended;
+  }
+  std::map<int, uint64_t> wait_by_prio;
+  for (auto& ac : accts) {
+    ac.lost = ac.raised > ac.delivered + ac.pending ? ac.raised - ac.delivered - ac.pending : 0;
+    ac.duplicated =
+        ac.delivered + ac.pending > ac.raised ? ac.delivered + ac.pending - ac.raised : 0;
+  }
+
   Json timers;
   timers.begin_arr();
-  uint64_t t_act = 0, t_del = 0, t_lost = 0, t_dup = 0;
+  uint64_t t_act = 0, t_del = 0, t_lost = 0, t_dup = 0, t_pend = 0;
+  auto expected_timer = [](const TimerReg& r, uint64_t at) -> uint64_t {
+    return at < r.first_ns ? 0 : (at - r.first_ns) / r.period_ns + 1;
+  };
   // Timers keep running: wait until every expiration due at tb has been
   // delivered, then clean at once; the expected count lies between the
-  // expirations due at tb and those due when the clean returned.
+  // expirations due at tb and those due when the clean returned. What is
+  // short of it and still pending (STATS, just before the clean) is late,
+  // not lost.
   for (auto& r : g_timers) {
     const uint64_t tb = now_ns();
     const uint64_t lo = expected_timer(*r, tb);
@@ -383,69 +558,150 @@ int main(int argc, char** argv) {
       if (r->delivered.load() >= lo) break;
       futex_wait(g_progress.seq, s, 10000000ull);
     }
+    aem_event_stats st{};
+    evctl(r->jid, AEM_CTL_STATS, reinterpret_cast<unsigned long>(&st));
     evctl(r->jid, AEM_CTL_CLEAN, 0);
     const uint64_t hi = expected_timer(*r, now_ns());
     uint64_t d = r->delivered.load();
+    const uint64_t short_by = d < lo ? lo - d : 0;
+    const uint64_t pend = std::min<uint64_t>(short_by, st.pending);
     uint64_t act = d < lo ? lo : (d > hi ? hi : d);
     t_act += act;
     t_del += d;
-    t_lost += d < lo ? lo - d : 0;
+    t_pend += pend;
+    t_lost += short_by - pend;
     t_dup += d > hi ? d - hi : 0;
-    timers.begin_obj().kv("period_us", r->period_ns / 1000).kv("expected_min", lo)
-        .kv("expected_max", hi).kv("delivered", d).kv("handler_calls", r->calls.load()).end_obj();
+    timers.begin_obj()
+        .kv("period_us", r->period_ns / 1000)
+        .kv("expected_min", lo)
+        .kv("expected_max", hi)
+        .kv("delivered", d)
+        .kv("pending", pend)
+        .kv("handler_calls", r->calls.load())
+        .end_obj();
   }
   timers.end_arr();
+  sampler_stop.set();
+  sampler.join();
   dispatcher_stop.set();
   dispatcher.join();
-  if (load_pid > 0) {
-    kill(load_pid, SIGTERM);
-    waitpid(load_pid, nullptr, 0);
+  for (auto& r : g_soft) {
+    uint64_t& w = wait_by_prio[r->prio];
+    w = std::max(w, longest_wait_ns(r->samples));
+  }
+  for (auto& r : g_fds) {
+    uint64_t& w = wait_by_prio[AEM_PRIO_DEFAULT];
+    w = std::max(w, longest_wait_ns(r->samples));
   }
 
-  auto fam = [](Json& j, const char* name, uint64_t act, uint64_t del, uint64_t calls) {
-    j.key(name).begin_obj().kv("activated", act).kv("delivered", del)
-        .kv("lost", act > del ? act - del : 0).kv("duplicated", del > act ? del - act : 0)
-        .kv("handler_calls", calls).end_obj();
+  // Per family, from the registrations' accounts.
+  struct Fam {
+    uint64_t act = 0, del = 0, pend = 0, lost = 0, dup = 0, calls = 0;
   };
-  uint64_t s_act = 0, s_del = 0, s_calls = 0, f_act = 0, f_del = 0, f_calls = 0;
-  uint64_t k_act = 0, k_del = 0, k_calls = 0, eof_bad = 0;
-  for (auto& r : g_soft) s_act += r->raised, s_del += r->delivered, s_calls += r->calls;
-  for (auto& r : g_fds) f_act += r->written, f_del += r->drained, f_calls += r->calls;
-  for (auto& r : g_socks) {
-    k_act += r->written, k_del += r->received, k_calls += r->calls;
-    if (r->eofs.load() != 1) ++eof_bad;
+  std::map<std::string, Fam> fams = {{"soft", {}}, {"evfd_edge", {}}, {"socket_bytes", {}}};
+  for (auto& ac : accts) {
+    Fam& f = fams[ac.family];
+    f.act += ac.raised, f.del += ac.delivered, f.pend += ac.pending;
+    f.lost += ac.lost, f.dup += ac.duplicated, f.calls += ac.handler_calls;
   }
-  const uint64_t act = s_act + f_act + k_act + t_act, del = s_del + f_del + k_del + t_del;
-  const uint64_t lost = (s_act > s_del ? s_act - s_del : 0) + (f_act > f_del ? f_act - f_del : 0) +
-                        (k_act > k_del ? k_act - k_del : 0) + t_lost;
-  const uint64_t dup = (s_del > s_act ? s_del - s_act : 0) + (f_del > f_act ? f_del - f_act : 0) +
-                       (k_del > k_act ? k_del - k_act : 0) + t_dup;
+  uint64_t eof_bad = 0;
+  for (auto& r : g_socks)
+    if (r->eofs.load() != 1) ++eof_bad;
+  uint64_t act = t_act, del = t_del, lost = t_lost, dup = t_dup, pending = t_pend;
+  for (auto& [n, f] : fams)
+    act += f.act, del += f.del, lost += f.lost, dup += f.dup, pending += f.pend;
 
   Json j;
   j.begin_obj().kv("program", "aem_stress_delivery").kv("backend", backend);
-  j.key("config").begin_obj().kv("duration_s", duration).kv("producers", producers)
-      .kv("soft_registrations", nsoft).kv("sockets", nsock).kv("evfds", nfd)
-      .kv("timers", static_cast<uint64_t>(g_timers.size())).kv("stress_ng", load)
-      .kv("stress_ng_started", load_pid > 0).kv("cpus", ncpus()).end_obj();
+  j.key("config")
+      .begin_obj()
+      .kv("duration_s", duration)
+      .kv("producers", producers)
+      .kv("soft_registrations", nsoft)
+      .kv("sockets", nsock)
+      .kv("evfds", nfd)
+      .kv("timers", static_cast<uint64_t>(g_timers.size()))
+      .kv("stress_ng", load)
+      .kv("stress_ng_started", proof.started)
+      .kv("cpus", ncpus())
+      .end_obj();
+  if (load) proof.to_json(j, "load");
   j.key("families").begin_obj();
-  fam(j, "soft", s_act, s_del, s_calls);
-  fam(j, "evfd_edge", f_act, f_del, f_calls);
-  fam(j, "socket_bytes", k_act, k_del, k_calls);
-  j.key("timer").begin_obj().kv("activated", t_act).kv("delivered", t_del).kv("lost", t_lost)
-      .kv("duplicated", t_dup).key("timers").raw(timers.s).end_obj();
+  for (auto& [n, f] : fams)
+    j.key(n)
+        .begin_obj()
+        .kv("activated", f.act)
+        .kv("delivered", f.del)
+        .kv("pending", f.pend)
+        .kv("lost", f.lost)
+        .kv("duplicated", f.dup)
+        .kv("handler_calls", f.calls)
+        .end_obj();
+  j.key("timer")
+      .begin_obj()
+      .kv("activated", t_act)
+      .kv("delivered", t_del)
+      .kv("pending", t_pend)
+      .kv("lost", t_lost)
+      .kv("duplicated", t_dup)
+      .key("timers")
+      .raw(timers.s)
+      .end_obj();
+  j.end_obj();
+  j.key("registrations").begin_arr();
+  for (auto& ac : accts)
+    j.begin_obj()
+        .kv("family", ac.family)
+        .kv("jid", ac.jid)
+        .kv("prio", ac.prio)
+        .kv("raised", ac.raised)
+        .kv("activations", ac.activations)
+        .kv("delivered", ac.delivered)
+        .kv("handler_calls", ac.handler_calls)
+        .kv("pending", ac.pending)
+        .kv("lost", ac.lost)
+        .kv("duplicated", ac.duplicated)
+        .end_obj();
+  j.end_arr();
+  j.kv("accounting_consistent", consistent);
+  j.key("drain")
+      .begin_obj()
+      .kv("backlog_at_stop", backlog)
+      .kv("cap_s", cap_s)
+      .kv("cap_fixed", fixed_cap >= 0)
+      .kv("ended", drain_end)
+      .kv("drain_s", drain_s)
+      .end_obj();
+  j.kv("sample_ms", sample_ns / 1e6);
+  j.key("longest_wait_ms_by_priority").begin_obj();
+  for (auto& [p, w] : wait_by_prio) j.kv(std::to_string(p), w / 1e6);
   j.end_obj();
   j.kv("socket_eof_not_exactly_once", eof_bad);
   j.kv("occurrences_activated", act).kv("occurrences_delivered", del);
-  j.kv("lost", lost).kv("duplicated", dup);
-  j.kv("raise_errors", raise_errors.load()).kv("error_notifications", g_errors.load())
-      .kv("overflow_notifications", g_overflow.load()).kv("unknown_ids", g_unknown.load());
+  j.kv("lost", lost).kv("duplicated", dup).kv("not_delivered", pending);
+  j.kv("raise_errors", raise_errors.load())
+      .kv("error_notifications", g_errors.load())
+      .kv("overflow_notifications", g_overflow.load())
+      .kv("unknown_ids", g_unknown.load());
   j.kv("elapsed_s", (now_ns() - t_start) / 1e9);
   j.key("checkpoints").raw(cps.end_arr().s);
-  j.kv("ok", lost == 0 && dup == 0 && eof_bad == 0 && g_unknown.load() == 0);
+  const bool ok =
+      lost == 0 && dup == 0 && pending == 0 && eof_bad == 0 && consistent && g_unknown.load() == 0;
+  j.kv("ok", ok);
   j.end_obj();
   printf("%s\n", j.s.c_str());
   fflush(stdout);
   // Sockets and eventfds stay registered until exit; aem_shutdown cleans.
   aem_shutdown();
-  return (lost || dup || eof_bad) ? 1 : 0;
+  if (load && !proof.ran) {
+    fprintf(stderr, "aem_stress_delivery: the load did not run (%s): no verdict\n",
+            proof.why.c_str());
+    return 3;
+  }
+  if (pending)
+    fprintf(stderr,
+            "aem_stress_delivery: %llu occurrences not delivered %.1f s after the run "
+            "(drain %s)\n",
+            (unsigned long long)pending, drain_s, drain_end);
+  return ok ? 0 : 1;
 }

@@ -445,6 +445,32 @@ def cyclictest_summary(path: Path) -> dict[str, Any] | None:
             "histogram_us": {str(k): hist[k] for k in sorted(hist) if hist[k]}}
 
 
+def stress_ng_proof(yaml_path: Path, rc: int | None) -> dict[str, Any]:
+    """Whether a stress-ng load ran: its exit status and its --yaml metrics (bogo-ops of
+    every stressor above 0)."""
+    ops: dict[str, int] = {}
+    stressor = ""
+    try:
+        text = yaml_path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, val = line.strip().lstrip("- ").partition(":")
+        if key == "stressor":
+            stressor = val.strip()
+        elif key == "bogo-ops" and stressor:
+            try:
+                ops[stressor] = int(val)
+            except ValueError:
+                pass
+    why = ("stress-ng left no exit status" if rc is None else
+           f"stress-ng exited with status {rc}" if rc else
+           "stress-ng wrote no metrics" if not ops else
+           "a stressor did no work" if not all(ops.values()) else "")
+    return {"tool": "stress-ng", "ran": not why, "exit_status": rc, "bogo_ops": ops,
+            **({"why": why} if why else {})}
+
+
 def collect_stress(plan: Plan, requirements: Sequence[Requirement],
                    environment: Mapping[str, Any]) -> dict[str, Any] | None:
     """stress.json from what the target's stress pass left in RUN/stress/ (None: it never ran)."""
@@ -480,12 +506,21 @@ def collect_stress(plan: Plan, requirements: Sequence[Requirement],
                      "elapsed_s": round(took, 3), "output": output, "stderr_tail": tail})
     cyclic = {phase: cyclictest_summary(sdir / f"cyclictest-{phase}.json")
               for phase in ("unloaded", "loaded")}
+    hogs = None
+    if cyclic["loaded"] is not None:
+        # A "loaded" calibration whose load did not run would be an unloaded one.
+        hogs = stress_ng_proof(sdir / "cyclictest-hogs.yaml",
+                               read_int(sdir / "cyclictest-hogs.rc"))
+        if not hogs["ran"]:
+            cyclic["loaded"] = None
     env = {k: environment.get(k) for k in ("kernel", "flavor", "target", "accel", "cpus",
                                           "mem", "git_revision")}
     env["backend_requested"] = plan.backend
     env["time"] = environment.get("date")
     report = st.assemble(list(requirements), runs, env, STRESS_PROFILE[plan.profile], elapsed)
     report["cyclictest"] = {k: v for k, v in cyclic.items() if v is not None}
+    if hogs is not None:
+        report["cyclictest_load"] = hogs
     for phase, c in report["cyclictest"].items():
         for key in ("p50_us", "p99_us", "max_us"):
             report["metrics"][f"cyclictest_{key}_{phase}"] = c[key]
@@ -540,14 +575,19 @@ def target_script(plan: Plan, art: Artifacts) -> str:
                   f"mark begin {PHASE_STRESS}", 'mkdir -p "$R/stress"',
                   "# the kernel's own scheduling latency, the calibration beside AEM's "
                   "(cyclictest, rt-tests)",
+                  "# (the hogs prove they ran: stress-ng's metrics, from a writable directory)",
                   "if command -v cyclictest >/dev/null; then",
                   f"  cyclictest -q -m -S -p 95 -i 1000 -h 20000 -D {ct} "
-                  '--json="$R/stress/cyclictest-unloaded.json" > /dev/null 2>&1',
+                  '--json="$R/stress/cyclictest-unloaded.json" '
+                  '> "$R/stress/cyclictest-unloaded.log" 2>&1',
                   "  if command -v stress-ng >/dev/null; then",
-                  f"    stress-ng --cpu 0 --timeout {ct + 5} > /dev/null 2>&1 & hogs=$!",
+                  f'    (cd "$R/stress" && exec stress-ng --cpu 0 --timeout {ct + 2}s '
+                  '--metrics-brief --yaml "$R/stress/cyclictest-hogs.yaml") '
+                  '> "$R/stress/cyclictest-hogs.log" 2>&1 & hogs=$!',
                   f"    cyclictest -q -m -S -p 95 -i 1000 -h 20000 -D {ct} "
-                  '--json="$R/stress/cyclictest-loaded.json" > /dev/null 2>&1',
-                  "    kill $hogs 2>/dev/null; wait $hogs 2>/dev/null",
+                  '--json="$R/stress/cyclictest-loaded.json" '
+                  '> "$R/stress/cyclictest-loaded.log" 2>&1',
+                  '    wait $hogs; echo $? > "$R/stress/cyclictest-hogs.rc"',
                   "  fi",
                   "fi"]
         for i, (prog, argv, budget, needs_sng) in enumerate(stress_programs(plan.profile)):
@@ -714,7 +754,7 @@ def stress_tests(stress: Mapping[str, Any] | None,
                         f"{run.get('exit_code')} and no result: {tail}", (req_id,)))
         summary = stress.get("summary") or {}
         for key, req_id in (("lost", "AEM-3.5.1"), ("duplicated", "AEM-3.5.1"),
-                            ("handler_overlaps", "AEM-3.6.2")):
+                            ("not_delivered", "AEM-3.5.1"), ("handler_overlaps", "AEM-3.6.2")):
             if any(r.id == req_id for r in requirements) and key in summary:
                 n = int(summary[key] or 0)
                 out.append(res.TestResult(

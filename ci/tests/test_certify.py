@@ -482,3 +482,16 @@ def test_cyclictest_summary_from_its_json(tmp_path: Path) -> None:
     assert (c["threads"], c["cycles"], c["p50_us"], c["p99_us"], c["max_us"]) == \
         (2, 200, 6, 9, 41)
     assert cf.cyclictest_summary(tmp_path / "absent.json") is None
+
+
+def test_stress_ng_proof_needs_status_0_and_work_from_every_stressor(tmp_path: Path) -> None:
+    y = tmp_path / "m.yaml"
+    y.write_text("---\nmetrics:\n    - stressor: cpu\n      bogo-ops: 1895\n"
+                 "      wall-clock-time: 1.0\n\n    - stressor: vm\n      bogo-ops: 84929\n...\n")
+    ok = cf.stress_ng_proof(y, 0)
+    assert ok["ran"] and ok["bogo_ops"] == {"cpu": 1895, "vm": 84929}
+    assert not cf.stress_ng_proof(y, 1)["ran"]
+    assert cf.stress_ng_proof(tmp_path / "absent.yaml", 0)["why"] == "stress-ng wrote no metrics"
+    assert cf.stress_ng_proof(y, None)["why"] == "stress-ng left no exit status"
+    y.write_text("metrics:\n    - stressor: cpu\n      bogo-ops: 0\n")
+    assert cf.stress_ng_proof(y, 0)["why"] == "a stressor did no work"

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from cglcert.catalog import Threshold, load_catalog
-from cglcert.commands.stress import (REQUIREMENTS, collect_metrics, evaluate,
-                                     evaluate_threshold, render_summary)
+from cglcert.commands.stress import (REQUIREMENTS, assemble, collect_metrics, evaluate,
+                                     evaluate_threshold, exit_code, render_summary)
 
 
 def _catalog_reqs(repo: Path) -> list[Any]:
@@ -95,6 +95,20 @@ def test_collect_metrics_sums_runs() -> None:
     assert m["cost_per_event_10_registrations"] == 3.0
 
 
+def test_pending_after_the_drain_is_not_lost_but_fails() -> None:
+    # Late is not lost: the harness counts what STATS still hold pending apart.
+    runs = [{"program": "aem_stress_delivery", "exit_code": 1,
+             "output": {"program": "aem_stress_delivery", "occurrences_activated": 10,
+                        "occurrences_delivered": 7, "lost": 0, "duplicated": 0,
+                        "not_delivered": 3, "drain": {"drain_s": 0.5, "ended": "cap"}}}]
+    m = collect_metrics(runs)
+    assert m["occurrences_lost"] == 0 and m["occurrences_not_delivered"] == 3
+    assert m["delivery_drain_s"] == 0.5
+    report = assemble([], runs, {}, "quick", 1.0)
+    assert report["summary"]["not_delivered"] == 3 and report["summary"]["lost"] == 0
+    assert exit_code(report, losses_only=True) == 1
+
+
 def _mech(throughput: float, ratio: float, p50: int, **extra: Any) -> dict[str, Any]:
     return {"available": True, "throughput_events_per_s": throughput,
             "vs_epoll": {"throughput_ratio": ratio},
@@ -169,6 +183,21 @@ def test_real_run_shape(smoke_run: tuple[int, dict[str, Any]]) -> None:
         assert v["verdict"] in ("PASS", "FAIL", "MISSING")
         for th in v["thresholds"]:
             assert {"metric", "op", "measured", "verdict"} <= set(th)
+
+
+@needs_toolchain
+def test_real_run_accounts_every_registration(smoke_run: tuple[int, dict[str, Any]]) -> None:
+    _, report = smoke_run
+    out = next(r["output"] for r in report["runs"] if r["program"] == "aem_stress_delivery")
+    regs = out["registrations"]
+    assert {r["family"] for r in regs} == {"soft", "evfd_edge", "socket_bytes"}
+    for r in regs:
+        # raised = delivered + pending + lost - duplicated, from the harness and STATS
+        assert r["raised"] + r["duplicated"] == r["delivered"] + r["pending"] + r["lost"], r
+        assert r["lost"] == 0 and r["duplicated"] == 0, r
+    assert out["drain"]["ended"] in ("caught_up", "stalled", "cap")
+    assert out["accounting_consistent"] is True
+    assert set(out["longest_wait_ms_by_priority"]) >= {"32"}
 
 
 @needs_toolchain

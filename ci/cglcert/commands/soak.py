@@ -116,6 +116,7 @@ def checkpoint(index: int, offset_s: float, elapsed_s: float,
     m = stress.collect_metrics(runs)
     lost = int(m.get("occurrences_lost", 0))
     dup = int(m.get("occurrences_duplicated", 0))
+    late = int(m.get("occurrences_not_delivered", 0))
     overlaps = int(m.get("handler_overlaps", 0))
     metrics: dict[str, Any] = {}
     programs: dict[str, Any] = {}
@@ -133,7 +134,7 @@ def checkpoint(index: int, offset_s: float, elapsed_s: float,
             failed.append(r["program"])
             programs[r["program"]]["stderr_tail"] = r.get("stderr_tail", [])
         if out.get("program") == "aem_stress_delivery":
-            if (out.get("config") or {}).get("stress_ng_started"):
+            if (out.get("load") or {}).get("ran"):   # stress-ng proved it ran
                 load = "stress-ng"
             el = out.get("elapsed_s") or r.get("elapsed_s")
             if el:
@@ -149,9 +150,10 @@ def checkpoint(index: int, offset_s: float, elapsed_s: float,
                     metrics[f"atomicity_{key}"] = out[key]
     if crashed:
         verdict, reason = "ERROR", f"crashed or printed no JSON: {', '.join(crashed)}"
-    elif lost or dup or overlaps:
+    elif lost or dup or late or overlaps:
         verdict = "FAIL"
-        reason = f"lost={lost} duplicated={dup} handler_overlaps={overlaps}"
+        reason = (f"lost={lost} duplicated={dup} not_delivered={late} "
+                  f"handler_overlaps={overlaps}")
     elif failed:
         verdict, reason = "FAIL", f"harness reported a failure: {', '.join(failed)}"
     else:

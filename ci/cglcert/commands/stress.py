@@ -139,7 +139,8 @@ def evaluate(requirements: list[Requirement], metrics: dict[str, Any]) -> dict[s
 def collect_metrics(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The catalog's metrics (and the totals behind the exit code) from the runs' JSON."""
     m: dict[str, Any] = {}
-    act = dele = lost = dup = overlaps = 0
+    act = dele = lost = dup = overlaps = not_delivered = 0
+    drain_s = 0.0
     seen_delivery = seen_atomicity = False
     for run in runs:
         out = run.get("output")
@@ -151,6 +152,8 @@ def collect_metrics(runs: list[dict[str, Any]]) -> dict[str, Any]:
             dele += int(out.get("occurrences_delivered", 0))
             lost += int(out.get("lost", 0))
             dup += int(out.get("duplicated", 0))
+            not_delivered += int(out.get("not_delivered", 0))
+            drain_s = max(drain_s, float((out.get("drain") or {}).get("drain_s", 0.0)))
             seen_delivery = seen_delivery or prog == "aem_stress_delivery"
         if prog == "aem_stress_atomicity":
             seen_atomicity = True
@@ -165,6 +168,8 @@ def collect_metrics(runs: list[dict[str, Any]]) -> dict[str, Any]:
         m["occurrences_delivered"] = dele
         m["occurrences_lost"] = lost
         m["occurrences_duplicated"] = dup
+        m["occurrences_not_delivered"] = not_delivered
+        m["delivery_drain_s"] = round(drain_s, 3)
     if seen_atomicity:
         m["handler_overlaps"] = overlaps
     return m
@@ -348,6 +353,7 @@ def assemble(requirements: list[Requirement], runs: list[dict[str, Any]],
         "targets": perf_targets.evaluate(runs),
         "summary": {"lost": int(metrics.get("occurrences_lost", 0)),
                     "duplicated": int(metrics.get("occurrences_duplicated", 0)),
+                    "not_delivered": int(metrics.get("occurrences_not_delivered", 0)),
                     "handler_overlaps": int(metrics.get("handler_overlaps", 0)),
                     "failed_requirements": failed_reqs,
                     "failed_programs": [r["program"] for r in bad_runs],
@@ -365,7 +371,8 @@ def exit_code(report: dict[str, Any], losses_only: bool = False) -> int:
     s = report["summary"]
     if s["crashed_programs"]:
         return ExitCode.INFRA
-    if s["lost"] or s["duplicated"] or s["handler_overlaps"] or s["failed_programs"]:
+    if (s["lost"] or s["duplicated"] or s.get("not_delivered") or s["handler_overlaps"]
+            or s["failed_programs"]):
         return ExitCode.FAILED
     if s["failed_requirements"] and not losses_only:
         return ExitCode.FAILED
@@ -427,6 +434,15 @@ def render_summary(report: dict[str, Any], out_file: Path) -> str:
         if "lost" in o:
             extra = f" activated={o.get('occurrences_activated')} lost={o.get('lost')} " \
                     f"duplicated={o.get('duplicated')}"
+            if "not_delivered" in o:
+                drain = o.get("drain") or {}
+                extra += (f" not_delivered={o['not_delivered']} drain="
+                          f"{_fmt(drain.get('drain_s'))}s ({drain.get('ended')})")
+            if isinstance(o.get("load"), dict):
+                ld = o["load"]
+                extra += (" load=" + ("ran " + ",".join(f"{k}:{v}" for k, v in
+                                                          ld.get("bogo_ops", {}).items())
+                                      if ld.get("ran") else f"DID NOT RUN ({ld.get('why')})"))
         if "handler_overlaps" in o:
             extra += f" overlaps={o['handler_overlaps']}"
         lines.append(f"  {r['program']:22} exit {r['exit_code']} in {r['elapsed_s']}s{extra}")
@@ -448,5 +464,6 @@ def render_summary(report: dict[str, Any], out_file: Path) -> str:
         lines.append(f"  target {met:6} {t['id']}: {got} ({t['op']} {_fmt(t['bound'])})")
     s = report["summary"]
     lines.append(f"  lost={s['lost']} duplicated={s['duplicated']} "
+                 f"not_delivered={s.get('not_delivered', 0)} "
                  f"overlaps={s['handler_overlaps']}; report: {out_file}")
     return "\n".join(lines) + "\n"

@@ -197,10 +197,11 @@ def _stress_lines(run: Run) -> list[str]:
     delivery = model.delivery_counts(s)
     if delivery:
         lines += ["Delivery counts:", ""]
-        rows = [[d["name"], d["activated"], d["delivered"], d["lost"], d["duplicated"]]
+        rows = [[d["name"], d["activated"], d["delivered"],
+                 "" if d.get("pending") is None else d["pending"], d["lost"], d["duplicated"]]
                 for d in delivery]
-        lines += _table(["Family", "Activated", "Delivered", "Lost", "Duplicated"], rows,
-                        ["l", "r", "r", "r", "r"]) + [""]
+        lines += _table(["Family", "Activated", "Delivered", "Not delivered", "Lost",
+                         "Duplicated"], rows, ["l", "r", "r", "r", "r", "r"]) + [""]
     mechs = [m for m in model.mechanism_latencies(s) if m["available"]]
     if mechs:
         lines += ["Mechanisms side by side (same run, same machine):", ""]

@@ -310,19 +310,21 @@ def scaling_series(stress: Mapping[str, Any] | None) -> list[dict[str, Any]]:
 
 
 def delivery_counts(stress: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """aem_stress_delivery (per family) and aem_stress_atomicity: activated, delivered, lost,
-    duplicated occurrences, as counted by the programs."""
+    """aem_stress_delivery (per family) and aem_stress_atomicity: activated, delivered,
+    pending (not delivered when the drain ended: late, and a failure too), lost and duplicated
+    occurrences, as counted by the programs with the registrations' STATS."""
     rows = []
     for argv, o in _outputs(stress, "aem_stress_delivery"):
         tag = " (stress-ng load)" if "--stress-ng" in argv else ""
         for fam, f in (o.get("families") or {}).items():
             rows.append({"name": f"{fam}{tag}", "program": "aem_stress_delivery",
                          "activated": f.get("activated"), "delivered": f.get("delivered"),
+                         "pending": f.get("pending"),
                          "lost": f.get("lost"), "duplicated": f.get("duplicated")})
     for _argv, o in _outputs(stress, "aem_stress_atomicity"):
         rows.append({"name": "atomicity races", "program": "aem_stress_atomicity",
                      "activated": o.get("occurrences_activated"),
-                     "delivered": o.get("occurrences_delivered"),
+                     "delivered": o.get("occurrences_delivered"), "pending": None,
                      "lost": o.get("lost"), "duplicated": o.get("duplicated")})
     return rows
 
