@@ -59,7 +59,9 @@ int env_set(const char* name, uint32_t& out, const std::pair<std::string_view, i
     if (!found) {
       why = std::string(name) + "='" + s + "': unknown name '" + std::string(item) +
             "'; expected a comma-separated list of:";
-      for (const auto& n : names) why += " " + std::string(n.first);
+      // Appended in place: " " + std::string(...) trips GCC 12's -Wrestrict
+      // false positive at -O3 (a Release build with AEM_WERROR failed here).
+      for (const auto& n : names) why.append(" ").append(n.first);
       return -EINVAL;
     }
     if (comma == std::string_view::npos) break;
