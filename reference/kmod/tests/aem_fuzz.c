@@ -2750,6 +2750,21 @@ static size_t ring_bytes(uint32_t entries)
 	return (256 + (size_t)entries * sizeof(struct aem_delivery) + PG - 1) & ~(size_t)(PG - 1);
 }
 
+/*
+ * True when another thread closed @c meanwhile: its fd numbers then hold
+ * the read-only /dev/null placeholder, where a shared writable mapping
+ * fails with EACCES and any mapping with ENODEV. Not a finding.
+ */
+static bool ctx_closed_now(struct fctx *c)
+{
+	bool closed;
+
+	pthread_mutex_lock(&W.lock);
+	closed = c->closed;
+	pthread_mutex_unlock(&W.lock);
+	return closed;
+}
+
 /* Map the ring of @c (c->slock held); false if mmap failed. */
 static bool ring_map(struct thr *t, struct fctx *c, uint32_t entries, size_t size)
 {
@@ -2763,7 +2778,8 @@ static bool ring_map(struct thr *t, struct fctx *c, uint32_t entries, size_t siz
 		 * A context opened O_RDONLY: the VFS clears VM_SHARED of a
 		 * shared mapping of a read-only file and aem_mmap() wants it.
 		 */
-		if (errno != ENOMEM && errno != EAGAIN && !(c->rdonly && errno == EINVAL))
+		if (errno != ENOMEM && errno != EAGAIN && !(c->rdonly && errno == EINVAL) &&
+		    !ctx_closed_now(c))
 			FIND(t, "mmap of the ring (%zu bytes) failed: %s", size, en(-errno));
 		pthread_mutex_lock(&W.lock);
 		c->ring_state = RS_SET;	/* there, but we cannot see it */
@@ -2944,7 +2960,7 @@ static void act_arena(struct thr *t, struct draw *d)
 					 AEM_ARENA_OFFSET);
 				add(&S->xcalls[X_MMAP], 1);
 				if (p == MAP_FAILED && errno != ENOMEM &&
-				    !(c->rdonly && errno == EINVAL))
+				    !(c->rdonly && errno == EINVAL) && !ctx_closed_now(c))
 					FIND(t, "mmap of the arena (%llu bytes) failed: %s",
 					     (unsigned long long)as.bytes, en(-errno));
 				pthread_mutex_lock(&W.lock);
