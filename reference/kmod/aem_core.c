@@ -824,6 +824,10 @@ static int __init aem_init(void)
 	aem_fault_debugfs(aem_debugfs, &aem_fail_arena_setup);
 	aem_fault_debugfs(aem_debugfs, &aem_fail_arena_chunk);
 	pr_info("AEM core, API version %d\n", AEM_API_VERSION);
+#ifdef AEM_MUTANT_NAME
+	pr_warn("built with the mutant %s: a deliberate defect, for mutation testing only\n",
+		AEM_MUTANT_NAME);
+#endif
 	return 0;
 }
 

@@ -13,10 +13,20 @@
 #ifndef _AEM_FAMILY_H
 #define _AEM_FAMILY_H
 
+#include <linux/kconfig.h>
 #include <linux/list.h>
 #include <linux/module.h>
 #include <linux/types.h>
 #include "uapi/linux/aem.h"
+
+/*
+ * Mutation testing (./cglcert mutants --backend kmod): a build with
+ * "make AEM_MUTANT=<name>" (the names are in Kbuild) compiles one named
+ * defect in, and the conformance suite must fail the requirement it breaks.
+ * if (AEM_MUTANT(name)) keeps every defect compiled and type-checked in a
+ * real build, where it is 0 and the compiler drops it.
+ */
+#define AEM_MUTANT(name) IS_ENABLED(AEM_MUTANT_##name)
 
 struct aem_event;
 struct file;

@@ -86,12 +86,14 @@ void aem_overflow_refill(struct aem_ctx *ctx)
 /* Queue @reg (which is idle); never fails: over the limit it waits. */
 void aem_enqueue(struct aem_ctx *ctx, struct aem_event *reg)
 {
-	if (aem_npending(ctx) >= READ_ONCE(aem_max_pending)) {
+	if (aem_npending(ctx) >= READ_ONCE(aem_max_pending) &&
+	    !AEM_MUTANT(pending_limit_ignored)) {
 		list_add_tail(&reg->node.link, &ctx->overflow);
 		reg->node.q = AEM_Q_OVERFLOW;
 		reg->stats.overflows++;
 		ctx->overload_count++;
-		if (ctx->overload.q == AEM_Q_IDLE)
+		if (ctx->overload.q == AEM_Q_IDLE &&
+		    !AEM_MUTANT(overflow_notice_lost))
 			aem_level_add(ctx, &ctx->overload, false);
 		return;
 	}
@@ -445,6 +447,8 @@ static bool __aem_activate(struct aem_event *reg, u64 count, u64 value,
 	/* Saturate: a count can never wrap to a small number. */
 	reg->stats.activations = aem_sat_add(reg->stats.activations, count);
 	reg->count = aem_sat_add(reg->count, count);
+	if (AEM_MUTANT(merge_drops_count) && was)
+		reg->count -= count;	/* merged into one: the count is lost */
 	reg->state = (reg->state & ~AEM_RS_MERGE) | (how << AEM_RS_MERGE_SHIFT);
 	switch (how) {
 	case AEM_VALUE_SET:

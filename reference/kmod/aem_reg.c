@@ -149,7 +149,7 @@ static enum hrtimer_restart aem_tmo_fn(struct hrtimer *t)
 	ktime_t deadline;
 
 	spin_lock_irqsave(&ctx->lock, flags);
-	if (reg->state & AEM_RS_DOOMED)
+	if ((reg->state & AEM_RS_DOOMED) || AEM_MUTANT(timeout_never_fires))
 		goto out;
 	deadline = ktime_add(reg->tmo->last_act, reg->tmo->timeout);
 	if (ktime_after(deadline, ktime_get())) {
@@ -464,7 +464,7 @@ static void aem_ctl_stats(struct aem_ctx *ctx, struct aem_event *reg,
 	st->merged = reg->stats.merged;
 	st->errors = reg->stats.errors;
 	st->overflows = reg->stats.overflows;
-	st->pending = reg->count;
+	st->pending = AEM_MUTANT(stats_pending_zero) ? 0 : reg->count;
 	if (ring)
 		ktail = ring->ktail;
 	spin_unlock_irqrestore(&ctx->lock, flags);

@@ -643,6 +643,9 @@ out_fd:
 	return ret;
 }
 
+/* Mutants read_drops_chunk, accept_drops_connection: every second one. */
+static atomic_t aem_sock_mutant_seq = ATOMIC_INIT(0);
+
 static void aem_sock_recheck_accept(struct aem_sock *w)
 {
 	int fd;
@@ -666,6 +669,12 @@ static void aem_sock_recheck_accept(struct aem_sock *w)
 	if (fd == -EMFILE || fd == -ENFILE) {
 		atomic_set(&w->arrivals, 0);
 		w->backoff = true;
+	}
+	if (AEM_MUTANT(accept_drops_connection) && fd >= 0 &&
+	    (atomic_inc_return(&aem_sock_mutant_seq) & 1) == 0) {
+		close_fd(fd);	/* accepted, never reported */
+		aem_recheck_later(w->reg);
+		return;
 	}
 	if (fd < 0)
 		aem_activate_data(w->reg, 0, 0, (u64)(s64)fd);
@@ -739,7 +748,14 @@ static void aem_sock_read_one(struct aem_sock *w)
 	}
 	if (!n) {
 		w->done = true;
+		if (AEM_MUTANT(read_eof_lost))
+			return;		/* the end of the stream is never reported */
 		aem_activate_data(w->reg, 0, 0, 0);
+		return;
+	}
+	if (AEM_MUTANT(read_drops_chunk) && (atomic_inc_return(&aem_sock_mutant_seq) & 1) == 0) {
+		aem_arena_free(w->reg, off);	/* read, never delivered */
+		aem_recheck_later(w->reg);
 		return;
 	}
 	/* User space may free it from now on: we no longer touch it. */

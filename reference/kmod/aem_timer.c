@@ -65,7 +65,7 @@ static enum hrtimer_restart aem_timer_fn(struct hrtimer *t)
 	unsigned long flags;
 	u64 n;
 
-	if (!at->period) {
+	if (!at->period || AEM_MUTANT(timer_fires_once)) {
 		aem_activate(at->reg, 1, 1, AEM_VALUE_ADD);
 		return HRTIMER_NORESTART;
 	}
@@ -90,6 +90,8 @@ static void aem_timer_catch_up(struct aem_timer *at, bool restart)
 	if (!at->parked)
 		return;
 	n = hrtimer_forward_now(&at->timer, at->period);
+	if (AEM_MUTANT(timer_overruns_lost) && n)
+		n = 1;		/* the periods missed while parked: one */
 	if (n && aem_activate_park(at->reg, n, n, AEM_VALUE_ADD))
 		return;		/* still unconsumed: stay parked */
 	/* Restart once the parked delivery was taken (its pop re-checks). */
