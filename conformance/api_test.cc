@@ -1027,6 +1027,21 @@ TEST_F(AEM_3_1_7, c6_StatsCountActivationsAndOccurrences) {
   EXPECT_EQ(st.deliveries + st.merged, kN);
   measure("activations", st.activations);
   measure("deliveries", st.deliveries);
+  // Occurrences held while the registration is disabled are pending,
+  // wherever the implementation holds them (on kmod: in the kernel).
+  ASSERT_EQ(evctl(id, AEM_CTL_DISABLE, 0), 0);
+  constexpr uint64_t kHeld = 5;
+  for (uint64_t i = 0; i < kHeld; ++i) ASSERT_EQ(evsoft_raise(id, i), 0);
+  aem_dispatch(0);
+  ASSERT_EQ(evctl(id, AEM_CTL_STATS, ptr(&st)), 0);
+  EXPECT_EQ(st.activations, kN + kHeld);
+  EXPECT_EQ(st.pending, kHeld) << "occurrences held while disabled are pending";
+  EXPECT_EQ(occ, kN);
+  ASSERT_EQ(evctl(id, AEM_CTL_ENABLE, 0), 0);
+  ASSERT_TRUE(dispatch_until([] { return occ >= kN + kHeld; }));
+  ASSERT_EQ(evctl(id, AEM_CTL_STATS, ptr(&st)), 0);
+  EXPECT_EQ(st.pending, 0u);
+  EXPECT_EQ(st.activations, kN + kHeld);
 }
 
 TEST_F(AEM_3_1_7, c7_UnknownOpRefusedEveryOpWorksFromAnotherThread) {

@@ -327,8 +327,10 @@ def module_build_dir(repo: Path, release: str, headers: Path) -> Path:
     return repo / "build" / "certify" / "kmod" / f"{release}-{tag}"
 
 
-def build_modules(repo: Path, kernel_build: Path, out: Path) -> list[Path]:
-    """Build the modules against *kernel_build* (a headers tree) in *out*; load order."""
+def build_modules(repo: Path, kernel_build: Path, out: Path,
+                  make_args: Sequence[str] = ()) -> list[Path]:
+    """Build the modules against *kernel_build* (a headers tree) in *out*, with *make_args*
+    (``AEM_MUTANT=<name>`` for a mutant); load order."""
     src_root = repo / "reference" / "kmod"
     out.mkdir(parents=True, exist_ok=True)
     for f in module_sources(repo):
@@ -336,7 +338,7 @@ def build_modules(repo: Path, kernel_build: Path, out: Path) -> list[Path]:
         dest.parent.mkdir(parents=True, exist_ok=True)
         if not dest.exists() or dest.read_bytes() != f.read_bytes():
             shutil.copyfile(f, dest)
-    _check(["make", "-s", "-C", str(kernel_build), f"M={out}", "modules"],
+    _check(["make", "-s", "-C", str(kernel_build), f"M={out}", *make_args, "modules"],
            f"building the modules against {kernel_build}")
     mods = [out / f"{n}.ko" for n in module_names(repo)]
     missing = [m.name for m in mods if not m.is_file()]

@@ -164,7 +164,20 @@ def test_matrix_without_control_says_so_and_shows_errors():
 def test_unknown_mutant_is_a_usage_error(run_cli):
     r = run_cli("mutants", "--only", "no_such_mutant")
     assert r.code == 2
-    assert "invalid choice" in r.err
+    assert "no such user mutant" in r.err and "fifo_dispatch" in r.err
+    r = run_cli("mutants", "--backend", "kmod", "--only", "fifo_dispatch")
+    assert r.code == 2
+    assert "no such kmod mutant" in r.err and "merge_drops_count" in r.err
+
+
+def test_kmod_table_matches_kbuild_and_every_mutant_is_injected(repo_root):
+    text = (repo_root / mut.KBUILD).read_text(encoding="utf-8")
+    assert mut.kbuild_mutants(text) == [m.name for m in mut.KMOD_MUTANTS]
+    assert len(mut.KMOD_MUTANTS) >= 10
+    used = set()
+    for f in (repo_root / "reference" / "kmod").glob("*.c"):
+        used.update(re.findall(r"AEM_MUTANT\((\w+)\)", f.read_text(encoding="utf-8")))
+    assert used == {m.name for m in mut.KMOD_MUTANTS}
 
 
 def test_bad_timeout_is_a_usage_error(run_cli, tmp_path):

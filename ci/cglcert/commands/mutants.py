@@ -1,5 +1,5 @@
-"""``cglcert mutants``: build libaem with each injected defect, run the suite, print the kill
-matrix.
+"""``cglcert mutants``: build libaem (or the kernel modules) with each injected defect, run the
+suite, print the kill matrix.
 
 For every mutant of :data:`cglcert.mutants.MUTANTS` (and first a control build without a
 defect): configure the shared build tree with ``-DAEM_MUTANT=<name>``, build the
@@ -9,6 +9,12 @@ copy the binary to ``OUT/<name>/`` and run it through ``cglcert run conformance`
 (:func:`cglcert.commands.run.run`), which writes ``OUT/<name>/results.json``. Then
 :mod:`cglcert.mutants` judges each mutant and this writes ``OUT/mutants.json`` and prints the
 matrix.
+
+With ``--backend kmod`` the defects are in the kernel modules (``make AEM_MUTANT=<name>``, the
+list is ``AEM_MUTANTS`` in reference/kmod/Kbuild): the suite is built once, without a defect,
+and each variant of the modules is built against Debian's 6.1 headers into ``OUT/<name>/kmod``,
+loaded into Debian's kernel under QEMU (``cglcert boot``), and the suite runs there on the kmod
+backend; its gtest XML becomes ``OUT/<name>/results.json`` as in ``cglcert run``.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from cglcert import ExitCode, InfraError, UsageError, default_repo_root
+from cglcert import certify as cf
 from cglcert import mutants as mut
+from cglcert import results as res
 from cglcert.catalog import load_catalog, requirement_sort_key
 from cglcert.commands import run as run_cmd
 
@@ -44,6 +52,11 @@ mutants recompiles only libaem's objects (about 10 s each on 2 CPUs); the first 
 tree takes a minute or two. A full run takes about 15 minutes on 2 CPUs, most of it in the
 suite waiting out the time-outs of tests a defect breaks (drop_occurrence alone: 7 minutes).
 
+--backend kmod: the kernel modules' mutants instead (reference/kmod/Kbuild lists them), each
+run in Debian's kernel under QEMU. --focus runs only the tests of the requirements the
+selected mutants must fail (the control too): a quick check that each is caught, not a full
+matrix. A full kmod run (11 boots, the whole suite each) takes about 2 hours under TCG.
+
 Exit code: 0 every mutant killed by its expected requirement(s); 1 a mutant survived, was
 killed only by other requirements, or its suite crashed or timed out; 2 usage error; 3
 infrastructure error (configure or build failure, the control run broke).
@@ -59,8 +72,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "mutants", help="build libaem with injected defects; the suite must catch each one",
         description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", action="append", default=None, metavar="NAME",
-                   choices=[m.name for m in mut.MUTANTS],
-                   help="run this mutant only (repeatable; default: all)")
+                   help="run this mutant only (repeatable; default: all of the backend)")
     p.add_argument("--out", type=Path, default=None, metavar="DIR",
                    help=f"directory for mutants.json and one folder per mutant (default "
                         f"<repo>/{DEFAULT_OUT})")
@@ -68,8 +80,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                    help=f"the shared CMake build tree (default <repo>/{DEFAULT_OUT}/{TREE})")
     p.add_argument("--no-control", action="store_true",
                    help="skip the control run (the library without a defect)")
-    p.add_argument("--backend", choices=("user",), default="user",
-                   help="libaem backend (the defects are in the user backend)")
+    p.add_argument("--backend", choices=("user", "kmod"), default="user",
+                   help="user: libaem's defects, the suite on the user backend (default); "
+                        "kmod: the kernel modules' defects, the suite on the kmod backend in "
+                        "Debian's kernel under QEMU")
+    p.add_argument("--focus", action="store_true",
+                   help="run only the tests of the requirements the selected mutants must fail")
     p.add_argument("--timeout", type=float, default=1200, metavar="S",
                    help="seconds each suite run may take before it is killed (default 1200: "
                         "a mutant makes tests wait out their time-outs)")
@@ -116,21 +132,114 @@ def build_one(repo: Path, tree: Path, name: str, mutant: str, dest: Path,
     return copy, time.monotonic() - start
 
 
-def run_suite(repo: Path, binary: Path, out: Path, backend: str, timeout: float) -> \
+def only_focus(results: dict[str, Any] | None, focus: list[str] | None) -> \
         dict[str, Any] | None:
+    """*results* with only the requirements of *focus* (the others did not run)."""
+    if results is None or focus is None:
+        return results
+    results["requirements"] = [r for r in results.get("requirements", []) if r["id"] in focus]
+    results["focus"] = focus
+    return results
+
+
+def _focused(path: Path, focus: list[str] | None) -> dict[str, Any] | None:
+    """results.json at *path*, rewritten with only the requirements of *focus* (a focused
+    run's file then shows no ERROR for requirements it never meant to run)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if focus is not None:
+        only_focus(doc, focus)
+        path.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    return doc
+
+
+def run_suite(repo: Path, binary: Path, out: Path, backend: str, timeout: float,
+              focus: list[str] | None = None) -> dict[str, Any] | None:
     """Run the suite through ``cglcert run conformance``'s code; return results.json."""
     args = argparse.Namespace(
         suite="conformance", out=out, backend=backend, target="host", verdict="cgl-2.0",
-        build_dir=None, binary=binary, timeout=timeout, repo=repo, quiet=True)
+        build_dir=None, binary=binary, timeout=timeout, repo=repo, quiet=True, focus=focus)
     summary = out / "summary.txt"
     out.mkdir(parents=True, exist_ok=True)
     with open(summary, "w", encoding="utf-8") as fh, contextlib.redirect_stdout(fh), \
             contextlib.redirect_stderr(fh):
         run_cmd.run(args)
-    try:
-        return json.loads((out / "results.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+    return _focused(out / "results.json", focus)
+
+
+class KmodRunner:
+    """The kmod backend's side: the suite built once, the modules per variant, the suite run
+    in Debian's kernel under QEMU."""
+
+    def __init__(self, repo: Path, tree: Path, args: argparse.Namespace,
+                 focus: list[str] | None) -> None:
+        self.repo, self.tree, self.args, self.focus = repo, tree, args, focus
+        self.binary: Path | None = None
+        # Debian's newest 6.1 headers, as reference/kmod/Makefile picks them (and the
+        # kernel 'cglcert boot' boots by default is of the same ABI)
+        heads = sorted(Path("/usr/src").glob("linux-headers-6.1.0-*-amd64"),
+                       key=lambda p: int(p.name.split("-")[3]))
+        if not heads:
+            raise InfraError("no /usr/src/linux-headers-6.1.0-*-amd64: run ci/install-deps")
+        self.headers = heads[-1]
+
+    def build_suite(self) -> None:
+        configure(self.repo, self.tree, "")
+        _say(self.args.quiet, "cglcert mutants: building the suite (no defect)")
+        self.binary = run_cmd.build_suite(self.repo, self.tree, quiet=True)
+
+    def build_modules(self, name: str, mutant: str, dest: Path) -> float:
+        start = time.monotonic()
+        _say(self.args.quiet, f"cglcert mutants: building the modules ({name})")
+        self.modules = cf.build_modules(self.repo, self.headers, dest / "kmod",
+                                        make_args=[f"AEM_MUTANT={mutant}"] if mutant else [])
+        return time.monotonic() - start
+
+    def run(self, out: Path) -> dict[str, Any] | None:
+        """Boot, run the suite on the kmod backend, unload; results.json from the XML."""
+        assert self.binary is not None
+        guest = out / "guest"
+        shutil.rmtree(guest, ignore_errors=True)
+        guest.mkdir(parents=True)
+        filt = f" --gtest_filter='{run_cmd.focus_filter(self.focus)}'" if self.focus else ""
+        script = (f"AEM_BACKEND=kmod timeout -k 10 {int(self.args.timeout)} {self.binary}"
+                  f' --gtest_output=xml:"$CGLCERT_RESULTS/gtest.xml" --gtest_color=no{filt}'
+                  ' > "$CGLCERT_RESULTS/suite.log" 2>&1; echo $? > "$CGLCERT_RESULTS/suite.rc"')
+        cmd = [str(self.repo / "cglcert"), "boot", "--results", str(guest),
+               "--timeout", str(int(self.args.timeout) + 60)]
+        for m in self.modules:
+            cmd += ["--module", str(m)]
+        cmd += ["--", "sh", "-c", script]
+        start = time.monotonic()
+        with open(out / "boot.log", "w", encoding="utf-8") as log:
+            boot = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, check=False)
+        took = time.monotonic() - start
+        xml, log_path = guest / "gtest.xml", guest / "suite.log"
+        code = cf.read_int(guest / "suite.rc")
+        harness: dict[str, Any] = {"gtest_xml": str(xml), "log": str(log_path),
+                                   "exit_code": code, "duration_s": round(took, 3),
+                                   "binary": str(self.binary), "boot_exit_code": boot.returncode}
+        error, tests = None, None
+        if boot.returncode == 3:
+            error = f"the guest did not run the suite (cglcert boot: see {out / 'boot.log'})"
+        elif code not in (0, 1):
+            error = f"the suite exited with status {code} (see {log_path})"
+        else:
+            try:
+                tests = res.parse_gtest_xml_file(xml).tests
+            except res.GtestXmlError as exc:
+                error = str(exc)
+        env = {"backend": "kmod", "kernel_headers": str(self.headers),
+               "mutant_modules": [str(m) for m in self.modules]}
+        expected = run_cmd.expected_tests(self.repo)
+        if self.focus:
+            expected = {n: r for n, r in expected.items() if set(r) & set(self.focus)}
+        results = res.build_results(load_catalog(self.repo).requirements, tests, env,
+                                    expected=expected, harness_error=error, harness=harness)
+        (out / "results.json").write_text(res.results_to_json(results), encoding="utf-8")
+        return _focused(out / "results.json", self.focus)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -141,12 +250,23 @@ def run(args: argparse.Namespace) -> int:
                          "project root")
     if args.timeout <= 0:
         raise UsageError("--timeout must be positive")
-    declared = mut.header_mutants((repo / mut.HEADER).read_text(encoding="utf-8"))
-    table = mut.by_name()
+    table = mut.by_name(args.backend)
+    if args.backend == "kmod":
+        where = mut.KBUILD
+        declared = mut.kbuild_mutants((repo / mut.KBUILD).read_text(encoding="utf-8"))
+    else:
+        where = mut.HEADER
+        declared = mut.header_mutants((repo / mut.HEADER).read_text(encoding="utf-8"))
     if sorted(declared) != sorted(table):
-        raise InfraError(f"{mut.HEADER} declares {sorted(declared)} but cglcert/mutants.py "
+        raise InfraError(f"{where} declares {sorted(declared)} but cglcert/mutants.py "
                          f"{sorted(table)}: keep them the same")
-    selected = [table[n] for n in dict.fromkeys(args.only)] if args.only else list(mut.MUTANTS)
+    unknown = [n for n in args.only or [] if n not in table]
+    if unknown:
+        raise UsageError(f"--only {', '.join(unknown)}: no such {args.backend} mutant; one of: "
+                         f"{', '.join(table)}")
+    selected = [table[n] for n in dict.fromkeys(args.only)] if args.only else \
+        list(mut.BACKEND_MUTANTS[args.backend])
+    focus = sorted({r for m in selected for r in m.expected}) if args.focus else None
     out = (args.out or repo / DEFAULT_OUT).resolve()
     tree = (args.build_dir or repo / DEFAULT_OUT / TREE).resolve()
     try:
@@ -164,13 +284,20 @@ def run(args: argparse.Namespace) -> int:
     timing: dict[str, dict[str, float | None]] = {}
     control_doc: dict[str, Any] | None = None
     control_results = None
+    kmod = KmodRunner(repo, tree, args, focus) if args.backend == "kmod" else None
     try:
+        if kmod is not None:
+            kmod.build_suite()
         if not args.no_control:
-            binary, built = build_one(repo, tree, mut.CONTROL, "", out / mut.CONTROL,
-                                      args.quiet)
+            if kmod is not None:
+                binary, built = None, kmod.build_modules(mut.CONTROL, "", out / mut.CONTROL)
+            else:
+                binary, built = build_one(repo, tree, mut.CONTROL, "", out / mut.CONTROL,
+                                          args.quiet)
             _say(args.quiet, f"cglcert mutants: running the suite ({mut.CONTROL})")
-            control_results = run_suite(repo, binary, out / mut.CONTROL, args.backend,
-                                        args.timeout)
+            control_results = kmod.run(out / mut.CONTROL) if kmod is not None else \
+                run_suite(repo, binary, out / mut.CONTROL, args.backend, args.timeout,
+                          focus)
             err = (control_results or {}).get("harness", {}).get("error") \
                 if control_results else "no results.json"
             control_doc = {"verdicts": mut.verdicts_of(control_results), "error": err}
@@ -178,9 +305,14 @@ def run(args: argparse.Namespace) -> int:
                                    "suite_s": _suite_s(control_results)}
         judgements = []
         for m in selected:
-            binary, built = build_one(repo, tree, m.name, m.name, out / m.name, args.quiet)
+            if kmod is not None:
+                binary, built = None, kmod.build_modules(m.name, m.name, out / m.name)
+            else:
+                binary, built = build_one(repo, tree, m.name, m.name, out / m.name,
+                                          args.quiet)
             _say(args.quiet, f"cglcert mutants: running the suite ({m.name})")
-            results = run_suite(repo, binary, out / m.name, args.backend, args.timeout)
+            results = kmod.run(out / m.name) if kmod is not None else \
+                run_suite(repo, binary, out / m.name, args.backend, args.timeout, focus)
             j = mut.judge(m, results, control=control_results)
             j["results"] = str(out / m.name / "results.json")
             judgements.append(j)
@@ -195,8 +327,8 @@ def run(args: argparse.Namespace) -> int:
     doc = mut.build_document(
         judgements, requirements=ids, control=control_doc,
         environment=(control_results or {}).get("environment") or {},
-        extra={"build_dir": str(tree), "timing": timing,
-               "duration_s": round(time.monotonic() - start, 1)})
+        extra={"backend": args.backend, "focus": focus, "build_dir": str(tree),
+               "timing": timing, "duration_s": round(time.monotonic() - start, 1)})
     (out / "mutants.json").write_text(mut.document_to_json(doc), encoding="utf-8")
     sys.stdout.write(mut.render_matrix(doc))
     sys.stdout.write(f"total {doc['duration_s']:.0f} s; mutants.json in {out}\n")

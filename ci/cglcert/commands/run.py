@@ -160,13 +160,23 @@ def build_suite(repo: Path, build_dir: Path, quiet: bool) -> Path:
     return binary
 
 
+def focus_filter(focus: list[str]) -> str:
+    """The gtest filter of the tests of the requirements *focus*: the suite names a test's
+    fixture after its requirement (AEM-3.5.1 -> AEM_3_5_1)."""
+    return ":".join(re.sub(r"[-.]", "_", rid) + ".*" for rid in focus)
+
+
 def run_suite(binary: Path, xml: Path, log: Path, backend: str, timeout: float,
-              quiet: bool) -> tuple[int | None, str | None, float]:
-    """Run the suite; return (exit status, harness error or None, seconds)."""
+              quiet: bool, focus: list[str] | None = None) -> \
+        tuple[int | None, str | None, float]:
+    """Run the suite (only the tests of *focus* when given); return (exit status, harness
+    error or None, seconds)."""
     env = dict(os.environ, AEM_BACKEND=backend)
     if xml.exists():
         xml.unlink()
     cmd = [str(binary), f"--gtest_output=xml:{xml}", "--gtest_color=no"]
+    if focus:
+        cmd.append(f"--gtest_filter={focus_filter(focus)}")
     _echo(quiet, "+ AEM_BACKEND=" + backend + " " + " ".join(cmd))
     start = time.monotonic()
     with open(log, "wb") as out:
@@ -212,6 +222,9 @@ def run(args: argparse.Namespace) -> int:
         raise InfraError(f"the requirement catalog is invalid ({len(catalog.problems)} problems); "
                          "run './cglcert coverage' for the list")
     expected = expected_tests(repo)
+    focus = getattr(args, "focus", None)  # cglcert mutants --focus: these requirements only
+    if focus:
+        expected = {n: r for n, r in expected.items() if set(r) & set(focus)}
     env = host_environment(repo, args.backend, args.target)
     xml, log = out / "gtest.xml", out / "suite.log"
     harness: dict[str, Any] = {"gtest_xml": xml.name, "log": log.name, "exit_code": None,
@@ -229,7 +242,8 @@ def run(args: argparse.Namespace) -> int:
             harness_error = f"{binary}: no such file"
         else:
             code, harness_error, took = run_suite(Path(binary).resolve(), xml.resolve(), log,
-                                                  args.backend, args.timeout, args.quiet)
+                                                  args.backend, args.timeout, args.quiet,
+                                                  focus)
             harness["exit_code"], harness["duration_s"] = code, round(took, 3)
             if harness_error is None:
                 try:
