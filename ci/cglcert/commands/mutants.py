@@ -208,7 +208,9 @@ class KmodRunner:
         script = (f"AEM_BACKEND=kmod timeout -k 10 {int(self.args.timeout)} {self.binary}"
                   f' --gtest_output=xml:"$CGLCERT_RESULTS/gtest.xml" --gtest_color=no{filt}'
                   ' > "$CGLCERT_RESULTS/suite.log" 2>&1; echo $? > "$CGLCERT_RESULTS/suite.rc"')
-        cmd = [str(self.repo / "cglcert"), "boot", "--results", str(guest),
+        # --strict: the script always ends 0, so exit 1 says the kernel log (WARN, BUG,
+        # oops, lockdep) or the taint was unhealthy: no verdict can be attributed then.
+        cmd = [str(self.repo / "cglcert"), "boot", "--strict", "--results", str(guest),
                "--timeout", str(int(self.args.timeout) + 60)]
         for m in self.modules:
             cmd += ["--module", str(m)]
@@ -225,6 +227,9 @@ class KmodRunner:
         error, tests = None, None
         if boot.returncode == 3:
             error = f"the guest did not run the suite (cglcert boot: see {out / 'boot.log'})"
+        elif boot.returncode != 0:
+            error = (f"the kernel log or taint was unhealthy, or the kernel panicked "
+                     f"(cglcert boot exit {boot.returncode}: see {out / 'boot.log'})")
         elif code not in (0, 1):
             error = f"the suite exited with status {code} (see {log_path})"
         else:
